@@ -1,0 +1,29 @@
+"""Alerts to an SNS topic (spec 9.3: notification on data quality issues)."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import Field
+
+from lifecycle_pipelines.resources.aws import AwsResource
+
+log = logging.getLogger(__name__)
+
+
+class AlertsResource(AwsResource):
+    """Publishes operational alerts to SNS. Messages name assets and partitions, never people."""
+
+    topic_arn: str | None = Field(
+        default=None, description="SNS topic ARN for alerts; None logs the alert instead."
+    )
+
+    def notify(self, subject: str, message: str) -> str | None:
+        """Publish an alert; returns the SNS message id (None when no topic is configured)."""
+        if self.topic_arn is None:
+            log.warning("alert (no topic configured): %s", subject)
+            return None
+        response = self.client("sns").publish(
+            TopicArn=self.topic_arn, Subject=subject[:100], Message=message
+        )
+        return str(response["MessageId"])

@@ -1,0 +1,73 @@
+"""The AWS settings every AWS-backed resource shares, in one base class.
+
+Endpoints, region and credentials follow boto3's own resolution (environment variables such as
+`AWS_ENDPOINT_URL` and `AWS_REGION`, profiles, instance roles) unless a field overrides them, so
+the local moto server and a real account are reached by exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from dagster_aws.utils import ResourceWithBoto3Configuration
+from pydantic import Field
+
+
+class AwsResource(ResourceWithBoto3Configuration):
+    """Base for resources that talk to AWS: builds sessions and clients with retries."""
+
+    connect_timeout_seconds: float = Field(
+        default=10.0, description="Seconds to wait for a TCP connection to an AWS endpoint."
+    )
+    read_timeout_seconds: float = Field(
+        default=60.0, description="Seconds to wait for an AWS response before retrying."
+    )
+
+    def session(self) -> boto3.session.Session:
+        """A boto3 session with this resource's region, profile and explicit credentials."""
+        return boto3.session.Session(
+            region_name=self.region_name,
+            profile_name=self.profile_name,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+        )
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for `service` with standard-mode retries on throttling and 5xx."""
+        config = Config(
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+            connect_timeout=self.connect_timeout_seconds,
+            read_timeout=self.read_timeout_seconds,
+        )
+        kwargs: dict[str, Any] = {"use_ssl": self.use_ssl, "config": config}
+        if self.endpoint_url:
+            kwargs["endpoint_url"] = self.endpoint_url
+        if self.verify is not None:
+            kwargs["verify"] = self.verify
+        return self.session().client(service, **kwargs)  # type: ignore[call-overload]
+
+    def resolved_region(self) -> str:
+        """The region boto3 resolves for this resource (field, environment or profile)."""
+        region = self.session().region_name
+        if not region:
+            raise ValueError(
+                "region_name: no AWS region configured; set the field or AWS_REGION"
+            )
+        return region
+
+
+class SecretsManagerResource(AwsResource):
+    """AWS Secrets Manager, for database credentials and other secrets."""
+
+    def get_json(self, secret_id: str) -> dict[str, Any]:
+        """The SecretString of `secret_id` parsed as a JSON object."""
+        import json
+
+        response = self.client("secretsmanager").get_secret_value(SecretId=secret_id)
+        value = json.loads(response["SecretString"])
+        if not isinstance(value, dict):
+            raise ValueError(f"secret {secret_id!r} does not hold a JSON object")
+        return value

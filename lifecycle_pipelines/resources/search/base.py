@@ -1,0 +1,89 @@
+"""The search sink interface: what the sync needs from a search engine, and nothing more.
+
+Engine quirks stay inside each engine's class (OpenSearch over HTTP, tantivy embedded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class BulkItemError:
+    """One document the engine refused in a bulk request."""
+
+    doc_id: str
+    status: int
+    reason: str
+
+
+@dataclass
+class BulkResult:
+    """Outcome of a bulk call: counts and every per-document error."""
+
+    indexed: int = 0
+    deleted: int = 0
+    errors: list[BulkItemError] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A search hit: document id, score and stored source."""
+
+    doc_id: str
+    score: float
+    source: Mapping[str, Any]
+
+
+class IndexNotFound(LookupError):
+    """The named index or alias does not exist."""
+
+
+class SearchBackend(Protocol):
+    """Operations every search engine backend provides."""
+
+    def ping(self) -> bool:
+        """True when the engine answers."""
+        ...
+
+    def index_exists(self, index: str) -> bool:
+        """True when `index` exists."""
+        ...
+
+    def create_index(self, index: str, body: Mapping[str, Any]) -> None:
+        """Create `index` with OpenSearch-style `settings` and `mappings` in `body`."""
+        ...
+
+    def delete_index(self, index: str) -> None:
+        """Delete `index`; a no-op if it does not exist."""
+        ...
+
+    def alias_targets(self, alias: str) -> list[str]:
+        """The indices an alias points at (empty when the alias does not exist)."""
+        ...
+
+    def swap_alias(self, alias: str, new_index: str) -> None:
+        """Point `alias` at `new_index` alone, atomically."""
+        ...
+
+    def bulk_upsert(self, index: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> BulkResult:
+        """Index (create or replace) documents given as (id, source) pairs."""
+        ...
+
+    def bulk_delete(self, index: str, doc_ids: Sequence[str]) -> BulkResult:
+        """Delete documents by id; missing ids are not errors."""
+        ...
+
+    def refresh(self, index: str) -> None:
+        """Make recent writes visible to search and count."""
+        ...
+
+    def count(self, index: str) -> int:
+        """Number of documents in an index or alias."""
+        ...
+
+    def search(self, index: str, query: str, fields: Sequence[str], size: int = 10) -> list[SearchHit]:
+        """Full-text search for `query` over `fields`, best first."""
+        ...

@@ -1,0 +1,139 @@
+"""OpenSearch backend (Amazon OpenSearch Service with SigV4, or any OpenSearch over HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from opensearchpy import OpenSearch, RequestsHttpConnection
+from opensearchpy.exceptions import NotFoundError
+
+from lifecycle_pipelines.resources.search.base import (
+    BulkItemError,
+    BulkResult,
+    IndexNotFound,
+    SearchHit,
+)
+
+
+class OpenSearchBackend:
+    """The search sink on an OpenSearch cluster through opensearch-py."""
+
+    def __init__(self, client: OpenSearch) -> None:
+        self.client = client
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        sigv4_region: str | None = None,
+        sigv4_service: str = "es",
+        username: str | None = None,
+        password: str | None = None,
+        verify_certs: bool = True,
+        timeout_seconds: float = 30.0,
+        max_retries: int = 3,
+        credentials: Any = None,
+    ) -> OpenSearchBackend:
+        """A backend for `url`; SigV4-signed when `sigv4_region` is given (Amazon OpenSearch)."""
+        http_auth: Any = None
+        if sigv4_region is not None:
+            from opensearchpy import AWSV4SignerAuth
+
+            if credentials is None:
+                import boto3
+
+                credentials = boto3.session.Session().get_credentials()
+            http_auth = AWSV4SignerAuth(credentials, sigv4_region, sigv4_service)
+        elif username is not None:
+            http_auth = (username, password or "")
+        client = OpenSearch(
+            hosts=[url],
+            http_auth=http_auth,
+            use_ssl=url.startswith("https://"),
+            verify_certs=verify_certs,
+            connection_class=RequestsHttpConnection,
+            timeout=timeout_seconds,
+            max_retries=max_retries,
+            retry_on_status=(429, 502, 503, 504),
+            retry_on_timeout=True,
+        )
+        return cls(client)
+
+    def ping(self) -> bool:
+        return bool(self.client.ping())
+
+    def index_exists(self, index: str) -> bool:
+        return bool(self.client.indices.exists(index=index))
+
+    def create_index(self, index: str, body: Mapping[str, Any]) -> None:
+        self.client.indices.create(index=index, body=dict(body))
+
+    def delete_index(self, index: str) -> None:
+        self.client.indices.delete(index=index, ignore_unavailable=True)
+
+    def alias_targets(self, alias: str) -> list[str]:
+        try:
+            response = self.client.indices.get_alias(name=alias)
+        except NotFoundError:
+            return []
+        return sorted(response.keys())
+
+    def swap_alias(self, alias: str, new_index: str) -> None:
+        actions: list[dict[str, Any]] = [
+            {"remove": {"index": old, "alias": alias}}
+            for old in self.alias_targets(alias)
+            if old != new_index
+        ]
+        actions.append({"add": {"index": new_index, "alias": alias}})
+        self.client.indices.update_aliases(body={"actions": actions})
+
+    def _bulk(self, body: list[dict[str, Any]], action: str) -> BulkResult:
+        result = BulkResult()
+        if not body:
+            return result
+        response = self.client.bulk(body=body)
+        for item in response.get("items", []):
+            outcome = item.get(action, {})
+            status = int(outcome.get("status", 500))
+            doc_id = str(outcome.get("_id", ""))
+            if action == "delete" and status == 404:
+                continue
+            if status >= 300:
+                error = outcome.get("error", {})
+                reason = error.get("type", "error") if isinstance(error, dict) else str(error)
+                result.errors.append(BulkItemError(doc_id, status, str(reason)))
+            elif action == "index":
+                result.indexed += 1
+            else:
+                result.deleted += 1
+        return result
+
+    def bulk_upsert(self, index: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> BulkResult:
+        body: list[dict[str, Any]] = []
+        for doc_id, source in docs:
+            body.append({"index": {"_index": index, "_id": doc_id}})
+            body.append(dict(source))
+        return self._bulk(body, "index")
+
+    def bulk_delete(self, index: str, doc_ids: Sequence[str]) -> BulkResult:
+        body = [{"delete": {"_index": index, "_id": doc_id}} for doc_id in doc_ids]
+        return self._bulk(body, "delete")
+
+    def refresh(self, index: str) -> None:
+        self.client.indices.refresh(index=index)
+
+    def count(self, index: str) -> int:
+        try:
+            return int(self.client.count(index=index)["count"])
+        except NotFoundError as err:
+            raise IndexNotFound(index) from err
+
+    def search(self, index: str, query: str, fields: Sequence[str], size: int = 10) -> list[SearchHit]:
+        body = {"size": size, "query": {"multi_match": {"query": query, "fields": list(fields)}}}
+        response = self.client.search(index=index, body=body)
+        return [
+            SearchHit(str(hit["_id"]), float(hit["_score"] or 0.0), hit.get("_source", {}))
+            for hit in response["hits"]["hits"]
+        ]
