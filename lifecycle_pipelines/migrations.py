@@ -36,7 +36,9 @@ def apply_migrations(
             ).format(table)
         )
         conn.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(table))
-        applied = dict(conn.execute(sql.SQL("SELECT name, sha256 FROM {}").format(table)).fetchall())
+        applied = dict(
+            conn.execute(sql.SQL("SELECT name, sha256 FROM {}").format(table)).fetchall()
+        )
     done: list[str] = []
     for path in migration_files(folder):
         text = path.read_text()

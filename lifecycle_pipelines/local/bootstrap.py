@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SHOP_SCHEMA_DIR = Path(__file__).with_name("shop_schema")
 APP_ROLE = "lifecycle_app"
 KMS_ALIAS = "alias/lifecycle-local-data"
-SECRET_ID = "lifecycle/local/postgres"
+SECRET_ID = "lifecycle/local/postgres"  # noqa: S105 - a secret name, not a secret
 ALERTS_TOPIC = "lifecycle-local-alerts"
 BUCKET_PREFIX = "lifecycle-local"
 
@@ -61,7 +61,9 @@ def bootstrap_postgres(admin_conninfo: str, app_password: str, report: Bootstrap
             )
         report.record(f"postgres role {APP_ROLE}", exists is None)
         for dbname in (SHOP_DB, WAREHOUSE_DB, CONTROL_DB):
-            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            found = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
+            ).fetchone()
             if found is None:
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(
@@ -87,7 +89,9 @@ def ensure_kms_key(aws: AwsResource, report: BootstrapReport) -> str:
             arn = kms.describe_key(KeyId=alias["TargetKeyId"])["KeyMetadata"]["Arn"]
             report.record("kms key", False)
             return str(arn)
-    key = kms.create_key(Description="lifecycle_pipelines local data key", KeyUsage="ENCRYPT_DECRYPT")
+    key = kms.create_key(
+        Description="lifecycle_pipelines local data key", KeyUsage="ENCRYPT_DECRYPT"
+    )
     arn = key["KeyMetadata"]["Arn"]
     kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=key["KeyMetadata"]["KeyId"])
     report.record("kms key", True)
@@ -104,7 +108,9 @@ def _bucket_exists(s3: Any, name: str) -> bool:
     return True
 
 
-def ensure_bucket(aws: AwsResource, spec: BucketSpec, kms_key_arn: str, report: BootstrapReport) -> str:
+def ensure_bucket(
+    aws: AwsResource, spec: BucketSpec, kms_key_arn: str, report: BootstrapReport
+) -> str:
     """Create one bucket with versioning, lifecycle, public access block and SSE-KMS."""
     s3 = aws.client("s3")
     name = spec.name(BUCKET_PREFIX)
@@ -151,9 +157,10 @@ def ensure_bucket(aws: AwsResource, spec: BucketSpec, kms_key_arn: str, report: 
         have_rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
     except ClientError:
         have_rules = {}
-    if have_rules.get("Rules", [{}])[0].get("ApplyServerSideEncryptionByDefault") != encryption[
-        "Rules"
-    ][0]["ApplyServerSideEncryptionByDefault"]:
+    if (
+        have_rules.get("Rules", [{}])[0].get("ApplyServerSideEncryptionByDefault")
+        != encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]
+    ):
         s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=encryption)
         changed = True
     rules = spec.lifecycle_rules()
@@ -163,7 +170,9 @@ def ensure_bucket(aws: AwsResource, spec: BucketSpec, kms_key_arn: str, report: 
         except ClientError:
             have = []
         if [r.get("ID") for r in have] != [r["ID"] for r in rules]:
-            s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=name, LifecycleConfiguration={"Rules": rules}
+            )
             changed = True
     report.record(f"s3 bucket {name}", changed)
     return name

@@ -7,6 +7,7 @@ is gone when it stops: the bootstrap recreates it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,10 +59,8 @@ def terminate_group(pid: int, timeout: float = 15.0) -> None:
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             break
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.05)
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -93,7 +92,7 @@ class MotoServer:
             return endpoint
         endpoint = f"http://{host}:{port}"
         with self.log_file.open("ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+            process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -21,31 +21,113 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import sql
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from psycopg import sql
 
 from lifecycle_pipelines.resources.postgres import copy_in
 
 log = logging.getLogger(__name__)
 
 FIRST_NAMES = np.array(
-    "Aoife Ben Chloe Daniel Emma Finn Grace Hugo Isla Jack Katie Liam Maya Noah Olivia "
-    "Patrick Quinn Ruby Sean Tara Ulla Victor Wendy Xavier Yasmin Zoe Marta Pavel Ines Tomas".split()
+    [
+        "Aoife",
+        "Ben",
+        "Chloe",
+        "Daniel",
+        "Emma",
+        "Finn",
+        "Grace",
+        "Hugo",
+        "Isla",
+        "Jack",
+        "Katie",
+        "Liam",
+        "Maya",
+        "Noah",
+        "Olivia",
+        "Patrick",
+        "Quinn",
+        "Ruby",
+        "Sean",
+        "Tara",
+        "Ulla",
+        "Victor",
+        "Wendy",
+        "Xavier",
+        "Yasmin",
+        "Zoe",
+        "Marta",
+        "Pavel",
+        "Ines",
+        "Tomas",
+    ]
 )
 LAST_NAMES = np.array(
-    "Murphy Kelly Byrne Ryan Walsh Smith Novak Garcia Rossi Muller Dubois Jansen Silva "
-    "Kowalski Nielsen Moreau Fischer Costa Horvat Larsen Brennan Doyle Quinn Keane Lynch".split()
+    [
+        "Murphy",
+        "Kelly",
+        "Byrne",
+        "Ryan",
+        "Walsh",
+        "Smith",
+        "Novak",
+        "Garcia",
+        "Rossi",
+        "Muller",
+        "Dubois",
+        "Jansen",
+        "Silva",
+        "Kowalski",
+        "Nielsen",
+        "Moreau",
+        "Fischer",
+        "Costa",
+        "Horvat",
+        "Larsen",
+        "Brennan",
+        "Doyle",
+        "Quinn",
+        "Keane",
+        "Lynch",
+    ]
 )
 CITIES = np.array(["Dublin", "Cork", "Galway", "Berlin", "Madrid", "Lisbon", "Paris", "Warsaw"])
 COUNTRIES = np.array(["IE", "IE", "IE", "DE", "ES", "PT", "FR", "PL"])
 STREETS = np.array(["Main Street", "High Road", "Church Lane", "Harbour View", "Station Road"])
-BRANDS = (
-    "Nordwave Lumora Arcfield Brightleaf Cobalt Dunmore Everkind Fjordic Glenmark Hollis Ivory "
-    "Juniper Kestrel Larkspur Meridian Northgate Oakridge Pelham Quayside Rowan Solace Tidewell "
-    "Umbra Valen Westcott Yarrow Zephyr Alder Bramble Cedarly".split()
-)
+BRANDS = [
+    "Nordwave",
+    "Lumora",
+    "Arcfield",
+    "Brightleaf",
+    "Cobalt",
+    "Dunmore",
+    "Everkind",
+    "Fjordic",
+    "Glenmark",
+    "Hollis",
+    "Ivory",
+    "Juniper",
+    "Kestrel",
+    "Larkspur",
+    "Meridian",
+    "Northgate",
+    "Oakridge",
+    "Pelham",
+    "Quayside",
+    "Rowan",
+    "Solace",
+    "Tidewell",
+    "Umbra",
+    "Valen",
+    "Westcott",
+    "Yarrow",
+    "Zephyr",
+    "Alder",
+    "Bramble",
+    "Cedarly",
+]
 CATEGORIES = {
     "Audio": ["Headphones", "Speakers", "Earbuds"],
     "Computing": ["Laptops", "Keyboards", "Monitors"],
@@ -54,7 +136,20 @@ CATEGORIES = {
     "Sports": ["Running Shoes", "Yoga Mats", "Bicycles"],
 }
 ADJECTIVES = np.array(
-    "Wireless Compact Ultralight Classic Premium Everyday Pro Eco Smart Portable Deluxe Rugged".split()
+    [
+        "Wireless",
+        "Compact",
+        "Ultralight",
+        "Classic",
+        "Premium",
+        "Everyday",
+        "Pro",
+        "Eco",
+        "Smart",
+        "Portable",
+        "Deluxe",
+        "Rugged",
+    ]
 )
 USER_AGENTS = np.array(
     [
@@ -179,7 +274,10 @@ class ShopGenerator:
         )
 
     def categories(self) -> pa.Table:
-        ids, parents, names, slugs = [], [], [], []
+        ids: list[int] = []
+        parents: list[int | None] = []
+        names: list[str] = []
+        slugs: list[str] = []
         next_id = 1
         for top, subs in CATEGORIES.items():
             top_id = next_id
@@ -284,8 +382,11 @@ class ShopGenerator:
             {
                 "user_id": pa.array(ids),
                 "email": _concat(
-                    pc.utf8_lower(pa.array(first)), ".", pc.utf8_lower(pa.array(last)),
-                    pa.array(ids), "@example.com",
+                    pc.utf8_lower(pa.array(first)),
+                    ".",
+                    pc.utf8_lower(pa.array(last)),
+                    pa.array(ids),
+                    "@example.com",
                 ),
                 "full_name": _concat(first, " ", last),
                 "phone": phone,
@@ -309,7 +410,8 @@ class ShopGenerator:
                 "user_id": pa.array(owner + 1),
                 "recipient": users["full_name"].take(pa.array(owner)),
                 "line1": _concat(
-                    pa.array(rng.integers(1, 300, size=len(owner))), " ",
+                    pa.array(rng.integers(1, 300, size=len(owner))),
+                    " ",
                     STREETS[rng.integers(0, len(STREETS), size=len(owner))],
                 ),
                 "line2": pa.nulls(len(owner), pa.string()),
@@ -416,8 +518,13 @@ class ShopGenerator:
                     "event_type": pa.array(kind),
                     "product_id": pa.array(product, mask=~has_product),
                     "ip_address": _concat(
-                        pa.array(octets[0]), ".", pa.array(octets[1]), ".",
-                        pa.array(octets[2]), ".", pa.array(octets[3]),
+                        pa.array(octets[0]),
+                        ".",
+                        pa.array(octets[1]),
+                        ".",
+                        pa.array(octets[2]),
+                        ".",
+                        pa.array(octets[3]),
                     ),
                     "user_agent": pa.array(USER_AGENTS[rng.integers(0, len(USER_AGENTS), size=k)]),
                     "occurred_at": _timestamps(t),
@@ -457,14 +564,26 @@ class ShopGenerator:
 
 
 SHOP_TABLES = (
-    "user_activity", "order_items", "orders", "inventory", "products",
-    "categories", "brands", "addresses", "users",
+    "user_activity",
+    "order_items",
+    "orders",
+    "inventory",
+    "products",
+    "categories",
+    "brands",
+    "addresses",
+    "users",
 )
 
 IDENTITY_COLUMNS = {
-    "users": "user_id", "addresses": "address_id", "brands": "brand_id",
-    "categories": "category_id", "products": "product_id", "orders": "order_id",
-    "order_items": "order_item_id", "user_activity": "event_id",
+    "users": "user_id",
+    "addresses": "address_id",
+    "brands": "brand_id",
+    "categories": "category_id",
+    "products": "product_id",
+    "orders": "order_id",
+    "order_items": "order_item_id",
+    "user_activity": "event_id",
 }
 
 
@@ -483,7 +602,9 @@ def _load(conn: psycopg.Connection[Any], name: str, table: pa.Table, report: See
     report.rows[name] = report.rows.get(name, 0) + table.num_rows
 
 
-def seed_shop(conn: psycopg.Connection[Any], size: ShopSize, *, replace: bool = False) -> SeedReport:
+def seed_shop(
+    conn: psycopg.Connection[Any], size: ShopSize, *, replace: bool = False
+) -> SeedReport:
     """Load generated data into the shop database in one transaction.
 
     An already-seeded database is left alone unless `replace` is set, which truncates first.

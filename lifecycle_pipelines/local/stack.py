@@ -80,10 +80,12 @@ class LocalStack:
             "AWS_REGION": LOCAL_REGION,
             "AWS_DEFAULT_REGION": LOCAL_REGION,
             "AWS_ACCESS_KEY_ID": "local-stack",
-            "AWS_SECRET_ACCESS_KEY": "local-stack",  # noqa: S105 - moto accepts any key
+            "AWS_SECRET_ACCESS_KEY": "local-stack",
         }
 
-    def up(self, *, fresh: bool = False, moto_port: int | None = None) -> tuple[StackInfo, BootstrapReport]:
+    def up(
+        self, *, fresh: bool = False, moto_port: int | None = None
+    ) -> tuple[StackInfo, BootstrapReport]:
         """Start PostgreSQL and moto (reusing running ones), bootstrap, write `stack.env`."""
         if fresh:
             self.down()

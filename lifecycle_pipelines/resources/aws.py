@@ -53,9 +53,7 @@ class AwsResource(ResourceWithBoto3Configuration):
         """The region boto3 resolves for this resource (field, environment or profile)."""
         region = self.session().region_name
         if not region:
-            raise ValueError(
-                "region_name: no AWS region configured; set the field or AWS_REGION"
-            )
+            raise ValueError("region_name: no AWS region configured; set the field or AWS_REGION")
         return region
 
 

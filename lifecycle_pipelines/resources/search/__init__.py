@@ -34,7 +34,8 @@ class SearchResource(ConfigurableResource):
         default="tantivy", description="Which engine serves search in this environment."
     )
     url: str | None = Field(
-        default=None, description="OpenSearch endpoint URL, e.g. https://search-shop.eu-west-1.es.amazonaws.com."
+        default=None,
+        description="OpenSearch endpoint URL, e.g. https://search-shop.eu-west-1.es.amazonaws.com.",
     )
     sigv4: bool = Field(
         default=False, description="Sign requests with SigV4 (Amazon OpenSearch Service)."

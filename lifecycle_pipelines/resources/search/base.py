@@ -84,6 +84,8 @@ class SearchBackend(Protocol):
         """Number of documents in an index or alias."""
         ...
 
-    def search(self, index: str, query: str, fields: Sequence[str], size: int = 10) -> list[SearchHit]:
+    def search(
+        self, index: str, query: str, fields: Sequence[str], size: int = 10
+    ) -> list[SearchHit]:
         """Full-text search for `query` over `fields`, best first."""
         ...

@@ -130,7 +130,9 @@ class OpenSearchBackend:
         except NotFoundError as err:
             raise IndexNotFound(index) from err
 
-    def search(self, index: str, query: str, fields: Sequence[str], size: int = 10) -> list[SearchHit]:
+    def search(
+        self, index: str, query: str, fields: Sequence[str], size: int = 10
+    ) -> list[SearchHit]:
         body = {"size": size, "query": {"multi_match": {"query": query, "fields": list(fields)}}}
         response = self.client.search(index=index, body=body)
         return [

@@ -220,7 +220,9 @@ class TantivyBackend:
             total += int(opened.searcher().num_docs)
         return total
 
-    def search(self, index: str, query: str, fields: Sequence[str], size: int = 10) -> list[SearchHit]:
+    def search(
+        self, index: str, query: str, fields: Sequence[str], size: int = 10
+    ) -> list[SearchHit]:
         hits: list[SearchHit] = []
         for name in self._resolve(index):
             opened, kinds = self._index(name)
@@ -231,7 +233,7 @@ class TantivyBackend:
             searcher = opened.searcher()
             for score, address in searcher.search(parsed, size).hits:
                 doc = searcher.doc(address)
-                source = json.loads(bytes(doc.get_first(SOURCE_FIELD)))
+                source = json.loads(bytes(doc.get_first(SOURCE_FIELD) or b"{}"))
                 hits.append(SearchHit(str(doc.get_first(ID_FIELD)), float(score), source))
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits[:size]

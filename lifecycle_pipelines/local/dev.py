@@ -1,0 +1,89 @@
+"""`make dev`: the embedded stack, seeded, with the Dagster UI; Ctrl-C stops all of it.
+
+`dagster dev` runs in its own session. On SIGINT or SIGTERM we send SIGTERM to that whole
+process group (dagster dev leaves children behind on SIGKILL), wait, kill whatever is left of the
+session, then stop moto and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from lifecycle_pipelines.local.moto_server import pid_alive, terminate_group
+from lifecycle_pipelines.local.stack import LocalStack
+
+log = logging.getLogger(__name__)
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs of live processes whose session id is `sid` (Linux /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def stop_session(sid: int, timeout: float = 30.0) -> None:
+    """SIGTERM the process group `sid`, then SIGKILL every process left in the session."""
+    terminate_group(sid, timeout)
+    deadline = time.monotonic() + 5
+    while (left := session_members(sid)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        time.sleep(0.1)
+
+
+def run_dagster_dev(stack: LocalStack, env: dict[str, str], host: str, port: int) -> int:
+    """Serve the Dagster UI until it exits or we are signalled; returns its exit code."""
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-m",
+        "lifecycle_pipelines.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    stopping = False
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        log.info("Dagster UI on http://%s:%d (Ctrl-C stops everything)", host, port)
+        while process.poll() is None and not stopping:
+            time.sleep(0.2)
+    finally:
+        stop_session(process.pid)
+        process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stack.down()
+        if pid_alive(process.pid):
+            log.error("dagster dev (pid %d) did not stop", process.pid)
+    return 0 if stopping else int(process.returncode or 0)
