@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,17 @@ SOURCE_FIELD = "_source"
 _VALID_INDEX = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
+NGRAM_MIN, NGRAM_MAX = 2, 15
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased, accent-folded words of `text` (the n-gram analyzer's normalisation)."""
+    folded = unicodedata.normalize("NFKD", text.lower())
+    plain = "".join(ch for ch in folded if not unicodedata.combining(ch))
+    return [w for w in _WORD.findall(plain) if len(w) >= NGRAM_MIN]
+
+
 def _register_analyzers(index: tantivy.Index) -> None:
     text = (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
@@ -38,7 +50,7 @@ def _register_analyzers(index: tantivy.Index) -> None:
         .build()
     )
     ngram = (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.ngram(2, 15, prefix_only=True))
+        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.ngram(NGRAM_MIN, NGRAM_MAX, prefix_only=True))
         .filter(tantivy.Filter.lowercase())
         .filter(tantivy.Filter.ascii_fold())
         .build()
@@ -175,7 +187,10 @@ class TantivyBackend:
             if kind == "text":
                 doc.add_text(name, str(value))
                 if ngram_field(name) in kinds:
-                    doc.add_text(ngram_field(name), str(value))
+                    # one value per word: tantivy's n-gram tokenizer works on a whole value,
+                    # so this gives edge n-grams of every word, as OpenSearch's edge_ngram does
+                    for word in _words(str(value)):
+                        doc.add_text(ngram_field(name), word)
             elif kind == "keyword":
                 for item in value if isinstance(value, list) else [value]:
                     doc.add_text(name, str(item))
@@ -220,6 +235,23 @@ class TantivyBackend:
             total += int(opened.searcher().num_docs)
         return total
 
+    @staticmethod
+    def _query(
+        opened: tantivy.Index, kinds: dict[str, str], query: str, fields: Sequence[str]
+    ) -> tantivy.Query:
+        """Full-text match on the text fields OR a word-prefix match on their n-gram fields."""
+        text_fields = [f for f in fields if f in kinds]
+        parsed, _errors = opened.parse_query_lenient(query, text_fields)
+        clauses = [(tantivy.Occur.Should, parsed)]
+        schema = opened.schema
+        for name in fields:
+            if ngram_field(name) not in kinds:
+                continue
+            for word in _words(query):
+                term = tantivy.Query.term_query(schema, ngram_field(name), word[:NGRAM_MAX])
+                clauses.append((tantivy.Occur.Should, term))
+        return tantivy.Query.boolean_query(clauses)
+
     def search(
         self, index: str, query: str, fields: Sequence[str], size: int = 10
     ) -> list[SearchHit]:
@@ -227,9 +259,7 @@ class TantivyBackend:
         for name in self._resolve(index):
             opened, kinds = self._index(name)
             opened.reload()
-            default_fields = [f for f in fields if f in kinds]
-            default_fields += [ngram_field(f) for f in fields if ngram_field(f) in kinds]
-            parsed, _errors = opened.parse_query_lenient(query, default_fields)
+            parsed = self._query(opened, kinds, query, fields)
             searcher = opened.searcher()
             for score, address in searcher.search(parsed, size).hits:
                 doc = searcher.doc(address)

@@ -1,0 +1,77 @@
+"""Shared fixtures: one embedded stack (PostgreSQL + moto) per test session, seeded small.
+
+The session never reads the developer's own AWS or lifecycle settings: every AWS_* and
+LIFECYCLE_* variable is removed before the stack's own settings are applied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+
+from lifecycle_pipelines.local.bootstrap import APP_ROLE
+from lifecycle_pipelines.local.seed import ShopSize, seed_dynamodb, seed_shop
+from lifecycle_pipelines.local.stack import LocalStack, StackInfo
+
+TEST_SIZE = ShopSize(
+    users=300, products=200, orders=3_000, as_of=date(2026, 11, 25), dynamodb_items=100
+)
+_ISOLATED_PREFIXES = ("AWS_", "LIFECYCLE_", "OPENSEARCH_", "REDSHIFT_", "DAGSTER_HOME")
+
+
+def _clean_environment() -> dict[str, str]:
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.startswith(_ISOLATED_PREFIXES):
+            del os.environ[key]
+    return saved
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_dir: Path) -> Iterator[tuple[LocalStack, StackInfo]]:
+    """A running, bootstrapped, seeded stack; its settings are in os.environ for the session."""
+    saved = _clean_environment()
+    stack = LocalStack(stack_dir)
+    try:
+        info, _ = stack.up(fresh=True)
+        os.environ.update(info.env)
+        with psycopg.connect(app_conninfo(stack, info)) as conn:
+            seed_shop(conn, TEST_SIZE)
+        seed_dynamodb(boto3.resource("dynamodb"), TEST_SIZE)
+        yield stack, info
+    finally:
+        stack.down()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def app_conninfo(stack: LocalStack, info: StackInfo, dbname: str = "shop") -> str:
+    """conninfo of the application role over TCP (password auth, like RDS)."""
+    password = (stack.state_dir / "app.password").read_text().strip()
+    return (
+        f"host={info.postgres_host} port={info.postgres_port} user={APP_ROLE} "
+        f"password={password} dbname={dbname}"
+    )
+
+
+@pytest.fixture
+def stack_info(local_stack: tuple[LocalStack, StackInfo]) -> StackInfo:
+    return local_stack[1]
+
+
+@pytest.fixture
+def shop_conn(local_stack: tuple[LocalStack, StackInfo]) -> Iterator[psycopg.Connection]:
+    stack, info = local_stack
+    with psycopg.connect(app_conninfo(stack, info)) as conn:
+        yield conn
