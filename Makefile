@@ -28,7 +28,7 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	@for script in bench/*/run.py; do [ -e "$$script" ] && $(VENV)/bin/python $$script || true; done
+	@set -e; for script in bench/*/run.py; do echo "== $$script"; $(VENV)/bin/python $$script; done
 
 down: $(STAMP)
 	$(VENV)/bin/lifecycle down

@@ -1,0 +1,1 @@
+"""Great Expectations adapter for Dagster asset checks (lands with the archival capability)."""
