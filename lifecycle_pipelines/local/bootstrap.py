@@ -31,6 +31,7 @@ KMS_ALIAS = "alias/lifecycle-local-data"
 SECRET_ID = "lifecycle/local/postgres"  # noqa: S105 - a secret name, not a secret
 ALERTS_TOPIC = "lifecycle-local-alerts"
 BUCKET_PREFIX = "lifecycle-local"
+GLUE_DATABASE = "lifecycle_archive"
 
 
 @dataclass
@@ -254,6 +255,20 @@ def ensure_secret(aws: AwsResource, value: dict[str, Any], report: BootstrapRepo
     return SECRET_ID
 
 
+def ensure_glue_database(aws: AwsResource, report: BootstrapReport) -> str:
+    """The Glue catalog database in which archive partitions are registered for Athena."""
+    glue = aws.client("glue")
+    try:
+        glue.get_database(Name=GLUE_DATABASE)
+        report.record("glue database", False)
+    except glue.exceptions.EntityNotFoundException:
+        glue.create_database(
+            DatabaseInput={"Name": GLUE_DATABASE, "Description": "lifecycle_pipelines archives"}
+        )
+        report.record("glue database", True)
+    return GLUE_DATABASE
+
+
 def bootstrap_aws(aws: AwsResource, db_secret: dict[str, Any]) -> BootstrapReport:
     """Create (or confirm) every AWS resource of the local stack."""
     report = BootstrapReport()
@@ -263,6 +278,7 @@ def bootstrap_aws(aws: AwsResource, db_secret: dict[str, Any]) -> BootstrapRepor
     for table in TABLES:
         ensure_table(aws, table, report)
     report.outputs["LIFECYCLE_KMS_KEY_ID"] = kms_arn
+    report.outputs["LIFECYCLE_GLUE_DATABASE"] = ensure_glue_database(aws, report)
     report.outputs["LIFECYCLE_ALERTS_TOPIC_ARN"] = ensure_topic(aws, report)
     report.outputs["LIFECYCLE_DB_SECRET_ID"] = ensure_secret(aws, db_secret, report)
     report.outputs["LIFECYCLE_BUCKET_PREFIX"] = BUCKET_PREFIX

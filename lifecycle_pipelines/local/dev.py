@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from lifecycle_pipelines.local.moto_server import pid_alive, terminate_group
+from lifecycle_pipelines.local.moto_server import pid_alive, signal_group
 from lifecycle_pipelines.local.stack import LocalStack
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,11 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
-def stop_session(sid: int, timeout: float = 30.0) -> None:
-    """SIGTERM the process group `sid`, then SIGKILL every process left in the session."""
-    terminate_group(sid, timeout)
+def stop_session(sid: int, timeout: float = 10.0) -> None:
+    """Stop the session led by `sid`: SIGINT its process group (what Ctrl-C sends, and what
+    `dagster dev` shuts down cleanly on), then SIGTERM, then SIGKILL every process left."""
+    if not signal_group(sid, signal.SIGINT, timeout):
+        signal_group(sid, signal.SIGTERM, timeout)
     deadline = time.monotonic() + 5
     while (left := session_members(sid)) and time.monotonic() < deadline:
         for pid in left:
@@ -64,16 +66,19 @@ def run_dagster_dev(stack: LocalStack, env: dict[str, str], host: str, port: int
         "-p",
         str(port),
     ]
-    process = subprocess.Popen(
-        command, env={**os.environ, **env}, start_new_session=True, stdin=subprocess.DEVNULL
-    )
     stopping = False
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
 
+    # Installed before the child starts: a handled signal is reset to its default in the child,
+    # whereas an ignored SIGINT (as in a backgrounded shell job) would be inherited and would
+    # keep `dagster dev` from shutting down on it.
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, start_new_session=True, stdin=subprocess.DEVNULL
+    )
     try:
         log.info("Dagster UI on http://%s:%d (Ctrl-C stops everything)", host, port)
         while process.poll() is None and not stopping:

@@ -49,12 +49,12 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def terminate_group(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the process group led by `pid`, then SIGKILL whatever is left after `timeout`."""
+def signal_group(pid: int, signum: int, timeout: float) -> bool:
+    """Send `signum` to the process group led by `pid`; True once its leader has exited."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signum)
     except ProcessLookupError:
-        return
+        return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -62,6 +62,13 @@ def terminate_group(pid: int, timeout: float = 15.0) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def terminate_group(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the process group led by `pid`, then SIGKILL whatever is left after `timeout`."""
+    if signal_group(pid, signal.SIGTERM, timeout):
+        return
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
