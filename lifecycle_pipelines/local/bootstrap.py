@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from botocore.exceptions import ClientError
 from psycopg import sql
 
 from lifecycle_pipelines.environments import CONTROL_DB, SHOP_DB, WAREHOUSE_DB
 from lifecycle_pipelines.migrations import apply_migrations
 from lifecycle_pipelines.resources.aws import AwsResource
+from lifecycle_pipelines.storage_audit import (
+    PUBLIC_ACCESS_FLAGS,
+    compare_bucket,
+    read_bucket_config,
+)
 from lifecycle_pipelines.storage_layout import BUCKETS, TABLES, BucketSpec, TableSpec
 
 log = logging.getLogger(__name__)
@@ -99,83 +103,53 @@ def ensure_kms_key(aws: AwsResource, report: BootstrapReport) -> str:
     return str(arn)
 
 
-def _bucket_exists(s3: Any, name: str) -> bool:
-    try:
-        s3.head_bucket(Bucket=name)
-    except ClientError as err:
-        if err.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
-            return False
-        raise
-    return True
-
-
 def ensure_bucket(
     aws: AwsResource, spec: BucketSpec, kms_key_arn: str, report: BootstrapReport
 ) -> str:
-    """Create one bucket with versioning, lifecycle, public access block and SSE-KMS."""
+    """Create one bucket, then repair every setting the storage audit finds off-spec."""
     s3 = aws.client("s3")
     name = spec.name(BUCKET_PREFIX)
-    region = aws.resolved_region()
-    changed = False
-    if not _bucket_exists(s3, name):
+    config = read_bucket_config(s3, name)
+    changed = config is None
+    if config is None:
         args: dict[str, Any] = {"Bucket": name}
+        region = aws.resolved_region()
         if region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": region}
         if spec.object_lock:
             args["ObjectLockEnabledForBucket"] = True
         s3.create_bucket(**args)
-        changed = True
-    want_status = "Enabled" if spec.versioning else None
-    have_status = s3.get_bucket_versioning(Bucket=name).get("Status")
-    if want_status and have_status != want_status:
-        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": want_status})
-        changed = True
-    block = {
-        "BlockPublicAcls": True,
-        "IgnorePublicAcls": True,
-        "BlockPublicPolicy": True,
-        "RestrictPublicBuckets": True,
-    }
-    try:
-        have_block = s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"]
-    except ClientError:
-        have_block = {}
-    if have_block != block:
-        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
-        changed = True
-    encryption = {
-        "Rules": [
-            {
-                "ApplyServerSideEncryptionByDefault": {
-                    "SSEAlgorithm": "aws:kms",
-                    "KMSMasterKeyID": kms_key_arn,
-                },
-                "BucketKeyEnabled": True,
-            }
-        ]
-    }
-    try:
-        have_rules = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
-    except ClientError:
-        have_rules = {}
-    if (
-        have_rules.get("Rules", [{}])[0].get("ApplyServerSideEncryptionByDefault")
-        != encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]
-    ):
-        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration=encryption)
-        changed = True
-    rules = spec.lifecycle_rules()
-    if rules:
-        try:
-            have = s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
-        except ClientError:
-            have = []
-        if [r.get("ID") for r in have] != [r["ID"] for r in rules]:
-            s3.put_bucket_lifecycle_configuration(
-                Bucket=name, LifecycleConfiguration={"Rules": rules}
-            )
-            changed = True
-    report.record(f"s3 bucket {name}", changed)
+        config = read_bucket_config(s3, name)
+    off_spec = {finding.setting for finding in compare_bucket(spec, name, config)}
+    if "versioning" in off_spec and spec.versioning:
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    if "public access block" in off_spec:
+        s3.put_public_access_block(
+            Bucket=name, PublicAccessBlockConfiguration=dict.fromkeys(PUBLIC_ACCESS_FLAGS, True)
+        )
+    rules = (config or {}).get("encryption", {}).get("Rules", [{}])
+    current_key = rules[0].get("ApplyServerSideEncryptionByDefault", {}).get("KMSMasterKeyID")
+    if "default encryption" in off_spec or current_key != kms_key_arn:
+        s3.put_bucket_encryption(
+            Bucket=name,
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": {
+                            "SSEAlgorithm": "aws:kms",
+                            "KMSMasterKeyID": kms_key_arn,
+                        },
+                        "BucketKeyEnabled": True,
+                    }
+                ]
+            },
+        )
+        off_spec.add("default encryption")
+    if off_spec & {"lifecycle transitions", "expiration days"}:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=name, LifecycleConfiguration={"Rules": spec.lifecycle_rules()}
+        )
+    report.record(f"s3 bucket {name}", changed or bool(off_spec))
     return name
 
 

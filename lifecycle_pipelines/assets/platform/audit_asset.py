@@ -5,14 +5,14 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from lifecycle_pipelines.assets.platform.audit import (
+from lifecycle_pipelines.resources import DynamoDBResource, S3Resource
+from lifecycle_pipelines.storage_audit import (
     compare_bucket,
     compare_table,
     findings_markdown,
     read_bucket_config,
     read_table_config,
 )
-from lifecycle_pipelines.resources import DynamoDBResource, S3Resource
 from lifecycle_pipelines.storage_layout import BUCKETS, TABLES
 
 BUCKET_CHECK = "buckets_match_spec"

@@ -13,6 +13,13 @@ from botocore.exceptions import ClientError
 
 from lifecycle_pipelines.storage_layout import BucketSpec, TableSpec
 
+PUBLIC_ACCESS_FLAGS = (
+    "BlockPublicAcls",
+    "IgnorePublicAcls",
+    "BlockPublicPolicy",
+    "RestrictPublicBuckets",
+)
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -102,8 +109,7 @@ def compare_bucket(spec: BucketSpec, name: str, config: dict[str, Any] | None) -
             )
         )
     block = config["public_access_block"]
-    flags = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
-    if not all(block.get(flag) for flag in flags):
+    if not all(block.get(flag) for flag in PUBLIC_ACCESS_FLAGS):
         findings.append(Finding(name, "public access block", "all four blocked", str(block)))
     rules = config["encryption"].get("Rules", [])
     algorithm = rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] if rules else "none"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lifecycle_pipelines.assets.platform.audit import (
+from lifecycle_pipelines.storage_audit import (
     compare_bucket,
     compare_table,
     findings_markdown,
