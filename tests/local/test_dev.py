@@ -71,8 +71,12 @@ def test_dev_serves_ui_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert not pid_alive(moto_pid)
         assert session_members(process.pid) == []
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # a failed assertion: still stop the stack it started
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def _stack_processes(state_dir: Path) -> list[int]:
