@@ -49,19 +49,11 @@ def seed_stack(stack: LocalStack, size: ShopSize, replace: bool = False) -> dict
     import boto3
     import psycopg
 
-    from lifecycle_pipelines.local.bootstrap import APP_ROLE
     from lifecycle_pipelines.local.seed import seed_dynamodb, seed_shop
 
     env = stack.read_env()
-    pg = stack.postgres.start()
     started = time.monotonic()
-    with psycopg.connect(
-        host=pg.host,
-        port=pg.port,
-        user=APP_ROLE,
-        password=(stack.state_dir / "app.password").read_text().strip(),
-        dbname="shop",
-    ) as conn:
+    with psycopg.connect(stack.app_conninfo()) as conn:
         report = seed_shop(conn, size, replace=replace)
     dynamodb = boto3.session.Session(
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],

@@ -72,19 +72,15 @@ def _rds_database(dbname: str) -> PostgresResource:
     )
 
 
-def _aws_common(env: str) -> dict[str, Any]:
-    return {
-        "bucket_prefix": EnvVar("LIFECYCLE_BUCKET_PREFIX"),
-        "sse_kms_key_id": EnvVar("LIFECYCLE_KMS_KEY_ID"),
-    }
-
-
 def resources_for(env: str) -> dict[str, Any]:
     """The resource bindings for environment `env` (`local`, `staging` or `production`)."""
     if env not in ENVIRONMENTS:
         raise ValueError(f"LIFECYCLE_ENV: expected one of {ENVIRONMENTS}, got {env!r}")
     alerts = AlertsResource(topic_arn=EnvVar("LIFECYCLE_ALERTS_TOPIC_ARN"))
-    s3 = S3Resource(**_aws_common(env))
+    s3 = S3Resource(
+        bucket_prefix=EnvVar("LIFECYCLE_BUCKET_PREFIX"),
+        sse_kms_key_id=EnvVar("LIFECYCLE_KMS_KEY_ID"),
+    )
     if env == "local":
         return {
             "shop_db": _local_database(SHOP_DB),

@@ -15,7 +15,6 @@ import boto3
 import psycopg
 import pytest
 
-from lifecycle_pipelines.local.bootstrap import APP_ROLE
 from lifecycle_pipelines.local.seed import ShopSize, seed_dynamodb, seed_shop
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 
@@ -46,7 +45,7 @@ def local_stack(stack_dir: Path) -> Iterator[tuple[LocalStack, StackInfo]]:
     try:
         info, _ = stack.up(fresh=True)
         os.environ.update(info.env)
-        with psycopg.connect(app_conninfo(stack, info)) as conn:
+        with psycopg.connect(stack.app_conninfo()) as conn:
             seed_shop(conn, TEST_SIZE)
         seed_dynamodb(boto3.resource("dynamodb"), TEST_SIZE)
         yield stack, info
@@ -56,15 +55,6 @@ def local_stack(stack_dir: Path) -> Iterator[tuple[LocalStack, StackInfo]]:
         os.environ.update(saved)
 
 
-def app_conninfo(stack: LocalStack, info: StackInfo, dbname: str = "shop") -> str:
-    """conninfo of the application role over TCP (password auth, like RDS)."""
-    password = (stack.state_dir / "app.password").read_text().strip()
-    return (
-        f"host={info.postgres_host} port={info.postgres_port} user={APP_ROLE} "
-        f"password={password} dbname={dbname}"
-    )
-
-
 @pytest.fixture
 def stack_info(local_stack: tuple[LocalStack, StackInfo]) -> StackInfo:
     return local_stack[1]
@@ -72,6 +62,6 @@ def stack_info(local_stack: tuple[LocalStack, StackInfo]) -> StackInfo:
 
 @pytest.fixture
 def shop_conn(local_stack: tuple[LocalStack, StackInfo]) -> Iterator[psycopg.Connection]:
-    stack, info = local_stack
-    with psycopg.connect(app_conninfo(stack, info)) as conn:
+    stack, _ = local_stack
+    with psycopg.connect(stack.app_conninfo()) as conn:
         yield conn

@@ -32,12 +32,8 @@ def main() -> None:
     size = ShopSize(users=orders // 10, products=max(1_000, orders // 100), orders=orders)
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(Path(tmp))
-        info, _ = stack.up(fresh=True)
-        password = (stack.state_dir / "app.password").read_text().strip()
-        conninfo = (
-            f"host={info.postgres_host} port={info.postgres_port} user=lifecycle_app "
-            f"password={password} dbname=shop"
-        )
+        stack.up(fresh=True)
+        conninfo = stack.app_conninfo()
         try:
             with psycopg.connect(conninfo) as conn:
                 started = time.perf_counter()
@@ -70,12 +66,18 @@ def main() -> None:
     order_rows = report.rows["orders"] + report.rows["order_items"]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"seed: {orders} orders, {total_rows} rows in all tables")
-    print(f"  lifecycle seed (generate + COPY + FK validation + ANALYZE): {seed_seconds:.1f} s, "
-          f"{total_rows / seed_seconds:,.0f} rows/s, peak RSS {peak_mib:,.0f} MiB")
-    print(f"  raw COPY FROM STDIN of the same orders + items CSV (no generation, no FKs): "
-          f"{raw_seconds:.1f} s, {order_rows / raw_seconds:,.0f} rows/s")
-    print(f"  ratio (our rows/s over all tables / raw COPY rows/s): "
-          f"{(total_rows / seed_seconds) / (order_rows / raw_seconds):.2f}")
+    print(
+        f"  lifecycle seed (generate + COPY + FK validation + ANALYZE): {seed_seconds:.1f} s, "
+        f"{total_rows / seed_seconds:,.0f} rows/s, peak RSS {peak_mib:,.0f} MiB"
+    )
+    print(
+        f"  raw COPY FROM STDIN of the same orders + items CSV (no generation, no FKs): "
+        f"{raw_seconds:.1f} s, {order_rows / raw_seconds:,.0f} rows/s"
+    )
+    print(
+        f"  ratio (our rows/s over all tables / raw COPY rows/s): "
+        f"{(total_rows / seed_seconds) / (order_rows / raw_seconds):.2f}"
+    )
 
 
 if __name__ == "__main__":

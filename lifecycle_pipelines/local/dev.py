@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from lifecycle_pipelines.local.moto_server import pid_alive, signal_group
+from lifecycle_pipelines.local.moto_server import pid_alive, proc_stat, signal_group
 from lifecycle_pipelines.local.stack import LocalStack
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,8 @@ def session_members(sid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
+        fields = proc_stat(int(entry.name))
+        if fields and fields[0] != "Z" and int(fields[3]) == sid:
             members.append(int(entry.name))
     return members
 

@@ -34,6 +34,16 @@ def wait_for_http(url: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"no answer from {url} within {timeout:.0f}s: {last_error}")
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first, session id fourth);
+    None when there is no such process or no /proc."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[-1].split()
+
+
 def pid_alive(pid: int) -> bool:
     """True when a process with `pid` exists and is not a zombie."""
     try:
@@ -42,11 +52,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        fields = stat.read_text().rsplit(")", 1)[-1].split()
-        return bool(fields) and fields[0] != "Z"
-    return True
+    fields = proc_stat(pid)
+    return fields is None or (bool(fields) and fields[0] != "Z")
 
 
 def signal_group(pid: int, signum: int, timeout: float) -> bool:

@@ -402,8 +402,8 @@ class ShopGenerator:
         second = rng.random(n) < 0.2
         owner = np.concatenate([np.arange(n), np.flatnonzero(second)])
         city = rng.integers(0, len(CITIES), size=len(owner))
-        created = self._user_created[owner] if self._user_created is not None else None
-        assert created is not None
+        assert self._user_created is not None, "users() must run first"
+        created = self._user_created[owner]
         return pa.table(
             {
                 "address_id": pa.array(np.arange(1, len(owner) + 1)),

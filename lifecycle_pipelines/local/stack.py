@@ -73,6 +73,14 @@ class LocalStack:
             self._app_password_file.chmod(0o600)
         return self._app_password_file.read_text().strip()
 
+    def app_conninfo(self, dbname: str = SHOP_DB) -> str:
+        """libpq conninfo of the application role over TCP (password auth, as on RDS)."""
+        pg = self.postgres.start()
+        return (
+            f"host={pg.host} port={pg.port} user={APP_ROLE} "
+            f"password={self._app_password()} dbname={dbname}"
+        )
+
     def aws_env(self, endpoint: str) -> dict[str, str]:
         """The AWS variables that point boto3 (and everything built on it) at the moto server."""
         return {
@@ -97,10 +105,7 @@ class LocalStack:
         password = self._app_password()
         report = BootstrapReport()
         bootstrap_postgres(pg.conninfo(), password, report)
-        app_conninfo = (
-            f"host={pg.host} port={pg.port} user={APP_ROLE} password={password} dbname={SHOP_DB}"
-        )
-        migrate_shop(app_conninfo, report)
+        migrate_shop(self.app_conninfo(), report)
         aws = AwsResource(
             endpoint_url=endpoint,
             region_name=LOCAL_REGION,

@@ -88,9 +88,12 @@ def _stack_processes(state_dir: Path) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if str(state_dir) in cmdline and state != "Z" and int(entry.name) != os.getpid():
+        if (
+            str(state_dir) in cmdline
+            and pid_alive(int(entry.name))
+            and int(entry.name) != os.getpid()
+        ):
             found.append(int(entry.name))
     return found
