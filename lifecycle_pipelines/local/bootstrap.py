@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from lifecycle_pipelines.archive.glue import GLUE_DATABASE
 from lifecycle_pipelines.environments import CONTROL_DB, SHOP_DB, WAREHOUSE_DB
 from lifecycle_pipelines.migrations import apply_migrations
 from lifecycle_pipelines.resources.aws import AwsResource
@@ -35,7 +36,6 @@ KMS_ALIAS = "alias/lifecycle-local-data"
 SECRET_ID = "lifecycle/local/postgres"  # noqa: S105 - a secret name, not a secret
 ALERTS_TOPIC = "lifecycle-local-alerts"
 BUCKET_PREFIX = "lifecycle-local"
-GLUE_DATABASE = "lifecycle_archive"
 
 
 @dataclass

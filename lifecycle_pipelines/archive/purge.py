@@ -1,0 +1,293 @@
+"""Purge: delete exactly the archived rows of a verified partition from the source.
+
+The (key, version) pairs of every archived row were written at archive time to a keys object
+beside the archive. The purge loads them once into `lifecycle_archive.purge_keys` in the source
+database, then deletes in bounded batches of parent keys. Each batch is one transaction that
+deletes children then parents, drops the batch's keys and advances `purge_progress`, so a crash
+leaves a consistent state and a re-run continues where it stopped.
+
+A parent row is kept (not deleted) when it or one of its children changed after the snapshot
+(its version differs), or when it gained a child the archive does not hold. Rows inserted into
+the month after the snapshot are never in the keys, so they are never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql
+
+from lifecycle_pipelines.archive import manifest
+from lifecycle_pipelines.archive.archiver import check_shapes
+from lifecycle_pipelines.archive.columns import TableShape
+from lifecycle_pipelines.archive.manifest import PartitionEntry
+from lifecycle_pipelines.archive.plan import ArchiveMonth
+from lifecycle_pipelines.control import ensure_control_schema
+from lifecycle_pipelines.migrations import apply_migrations
+from lifecycle_pipelines.policy import DataTypePolicy
+from lifecycle_pipelines.resources.postgres import PostgresResource
+from lifecycle_pipelines.resources.s3 import S3Resource
+
+log = logging.getLogger(__name__)
+
+PURGE_SCHEMA = "lifecycle_archive"
+MIGRATIONS = Path(__file__).with_name("shop_migrations")
+
+
+@dataclass
+class PurgeProgress:
+    """Counts of one partition's purge so far."""
+
+    deleted_rows: int = 0
+    kept_rows: int = 0
+    batches: int = 0
+    remaining_keys: int = 0
+    finished: bool = False
+
+
+def ensure_purge_schema(conn: psycopg.Connection[Any]) -> None:
+    """Create or update the purge bookkeeping schema in the source database."""
+    apply_migrations(conn, MIGRATIONS, schema=PURGE_SCHEMA)
+
+
+def progress(conn: psycopg.Connection[Any], month: ArchiveMonth) -> PurgeProgress | None:
+    """The purge progress of a partition, or None if its keys were never loaded."""
+    row = conn.execute(
+        "SELECT deleted_rows, kept_rows, batches, finished_at IS NOT NULL,"
+        " (SELECT count(*) FROM lifecycle_archive.purge_keys k"
+        "  WHERE k.data_type = p.data_type AND k.partition_month = p.partition_month)"
+        " FROM lifecycle_archive.purge_progress p WHERE data_type = %s AND partition_month = %s",
+        (month.data_type, month.month),
+    ).fetchone()
+    if row is None:
+        return None
+    return PurgeProgress(row[0], row[1], row[2], row[4], row[3])
+
+
+def load_keys(
+    conn: psycopg.Connection[Any], month: ArchiveMonth, partition: PartitionEntry, s3: S3Resource
+) -> int:
+    """Load the partition's keys object into purge_keys (once); returns the keys loaded."""
+    if partition.keys_object_key is None or partition.keys_bucket is None:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month,"
+                " finished_at) VALUES (%s, %s, now()) ON CONFLICT DO NOTHING",
+                (month.data_type, month.month),
+            )
+        return 0
+    loaded = 0
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
+        s3.client("s3").download_file(
+            partition.keys_bucket,
+            partition.keys_object_key,
+            tmp.name,
+            ExtraArgs={"VersionId": partition.keys_version_id}
+            if partition.keys_version_id
+            else None,
+        )
+        keys = pq.ParquetFile(tmp.name)
+        with conn.transaction():
+            conn.execute(
+                "DELETE FROM lifecycle_archive.purge_keys WHERE data_type = %s"
+                " AND partition_month = %s",
+                (month.data_type, month.month),
+            )
+            with conn.cursor().copy(
+                "COPY lifecycle_archive.purge_keys (table_name, pk, version, parent_pk,"
+                " data_type, partition_month) FROM STDIN (FORMAT csv)"
+            ) as copy:
+                for batch in keys.iter_batches(batch_size=200_000):
+                    table = pa.Table.from_batches([batch]).select(
+                        ["table_name", "pk", "version", "parent_pk"]
+                    )
+                    table = table.append_column(
+                        "data_type", pa.array([month.data_type] * batch.num_rows, pa.string())
+                    ).append_column(
+                        "partition_month", pa.array([month.month] * batch.num_rows, pa.date32())
+                    )
+                    buffer = io.BytesIO()
+                    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
+                    copy.write(buffer.getvalue())
+                    loaded += batch.num_rows
+            conn.execute(
+                "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month)"
+                " VALUES (%s, %s)",
+                (month.data_type, month.month),
+            )
+    return loaded
+
+
+def purge_batch(
+    conn: psycopg.Connection[Any],
+    month: ArchiveMonth,
+    parent: TableShape,
+    children: list[TableShape],
+    batch_size: int,
+) -> tuple[int, int, int]:
+    """Delete one batch of archived parents with their children, in one transaction.
+
+    Returns (rows deleted, rows kept, parents processed); 0 parents means nothing is left.
+    """
+    dt, pm = month.data_type, month.month
+    with conn.transaction():
+        conn.execute(
+            "CREATE TEMP TABLE purge_batch ON COMMIT DROP AS SELECT pk, version"
+            " FROM lifecycle_archive.purge_keys WHERE data_type = %s AND partition_month = %s"
+            " AND table_name = %s ORDER BY pk LIMIT %s",
+            (dt, pm, parent.table, batch_size),
+        )
+        processed = conn.execute("SELECT count(*) FROM purge_batch").fetchone()
+        assert processed is not None
+        if processed[0] == 0:
+            return 0, 0, 0
+        # Parents that changed since the snapshot, or whose children did, are kept.
+        conn.execute("CREATE TEMP TABLE purge_keep (pk bigint PRIMARY KEY) ON COMMIT DROP")
+        if parent.version_column:
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO purge_keep SELECT b.pk FROM purge_batch b JOIN {t} s"
+                    " ON s.{pk} = b.pk WHERE s.{v} IS DISTINCT FROM b.version"
+                    " ON CONFLICT DO NOTHING"
+                ).format(
+                    t=sql.Identifier(parent.schema, parent.table),
+                    pk=sql.Identifier(parent.primary_key),
+                    v=sql.Identifier(parent.version_column),
+                )
+            )
+        for child in children:
+            assert child.foreign_key is not None
+            version = (
+                sql.SQL("OR c.{} IS DISTINCT FROM k.version").format(
+                    sql.Identifier(child.version_column)
+                )
+                if child.version_column
+                else sql.SQL("")
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO purge_keep SELECT DISTINCT b.pk FROM purge_batch b"
+                    " JOIN {c} c ON c.{fk} = b.pk"
+                    " LEFT JOIN lifecycle_archive.purge_keys k ON k.data_type = %s"
+                    " AND k.partition_month = %s AND k.table_name = %s AND k.pk = c.{cpk}"
+                    " WHERE k.pk IS NULL {version} ON CONFLICT DO NOTHING"
+                ).format(
+                    c=sql.Identifier(child.schema, child.table),
+                    fk=sql.Identifier(child.foreign_key),
+                    cpk=sql.Identifier(child.primary_key),
+                    version=version,
+                ),
+                (dt, pm, child.table),
+            )
+        deleted = 0
+        for child in children:
+            assert child.foreign_key is not None
+            cur = conn.execute(
+                sql.SQL(
+                    "DELETE FROM {c} c USING purge_batch b WHERE c.{fk} = b.pk"
+                    " AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE k.pk = b.pk)"
+                ).format(
+                    c=sql.Identifier(child.schema, child.table),
+                    fk=sql.Identifier(child.foreign_key),
+                )
+            )
+            deleted += cur.rowcount
+        cur = conn.execute(
+            sql.SQL(
+                "DELETE FROM {t} s USING purge_batch b WHERE s.{pk} = b.pk"
+                " AND NOT EXISTS (SELECT 1 FROM purge_keep k WHERE k.pk = b.pk)"
+            ).format(
+                t=sql.Identifier(parent.schema, parent.table),
+                pk=sql.Identifier(parent.primary_key),
+            )
+        )
+        deleted += cur.rowcount
+        kept_row = conn.execute("SELECT count(*) FROM purge_keep").fetchone()
+        kept = int(kept_row[0]) if kept_row else 0
+        conn.execute(
+            "DELETE FROM lifecycle_archive.purge_keys k USING purge_batch b"
+            " WHERE k.data_type = %s AND k.partition_month = %s AND k.parent_pk = b.pk",
+            (dt, pm),
+        )
+        conn.execute(
+            "UPDATE lifecycle_archive.purge_progress SET deleted_rows = deleted_rows + %s,"
+            " kept_rows = kept_rows + %s, batches = batches + 1"
+            " WHERE data_type = %s AND partition_month = %s",
+            (deleted, kept, dt, pm),
+        )
+        return deleted, kept, int(processed[0])
+
+
+def finish(conn: psycopg.Connection[Any], month: ArchiveMonth) -> PurgeProgress:
+    """Mark the partition's purge finished; returns its final counts."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE lifecycle_archive.purge_progress SET finished_at = COALESCE(finished_at, now())"
+            " WHERE data_type = %s AND partition_month = %s",
+            (month.data_type, month.month),
+        )
+    result = progress(conn, month)
+    assert result is not None
+    return result
+
+
+class PurgeRefused(RuntimeError):
+    """The partition is not verified; nothing was deleted."""
+
+
+def purge_partition(
+    *,
+    shop: PostgresResource,
+    control: PostgresResource,
+    s3: S3Resource,
+    data_type: str,
+    policy: DataTypePolicy,
+    month: ArchiveMonth,
+    batch_size: int = 5_000,
+    logger: logging.Logger | Any = log,
+) -> PurgeProgress:
+    """Purge a verified partition's archived rows from the source (see the module docstring)."""
+    with control.connect(autocommit=True) as control_conn:
+        ensure_control_schema(control_conn)
+        manifest.lock_partition(control_conn, data_type, month.month)
+        partition = manifest.get_partition(control_conn, data_type, month.month)
+        if partition is None or partition.state == "written":
+            state = "not archived" if partition is None else "written but not verified"
+            raise PurgeRefused(
+                f"{month.label} is {state}; the purge deletes only verified partitions, "
+                "nothing was deleted"
+            )
+        if partition.state == "expired":
+            raise PurgeRefused(f"{month.label} has expired from the archive; nothing to purge")
+        with shop.connect(autocommit=True) as conn:
+            ensure_purge_schema(conn)
+            shapes = check_shapes(conn, data_type, policy)
+            current = progress(conn, month)
+            if current is None:
+                loaded = load_keys(conn, month, partition, s3)
+                logger.info(f"{month.label}: {loaded} archived keys loaded for the purge")
+            while True:
+                deleted, kept, parents = purge_batch(conn, month, shapes[0], shapes[1:], batch_size)
+                if parents == 0:
+                    break
+                now = progress(conn, month)
+                assert now is not None
+                logger.info(
+                    f"{month.label}: purge batch {now.batches}: {deleted} rows deleted, "
+                    f"{kept} kept; {now.remaining_keys} keys left"
+                )
+            result = finish(conn, month)
+        if partition.state == "verified":
+            manifest.mark_purged(
+                control_conn, data_type, month.month, result.deleted_rows, result.kept_rows
+            )
+    return result
