@@ -6,6 +6,8 @@ lifecycle dev [--port 3000]   # a fresh seeded stack + the Dagster UI; Ctrl-C st
 lifecycle seed [--replace] [--users N ...]
 lifecycle env                 # the stack's settings as `export` lines
 lifecycle policy check [FILE]
+lifecycle archive query "SQL" # DuckDB over readable archive objects (personal data decrypted
+                              # only for subjects whose key exists)
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from lifecycle_pipelines.local.seed import ShopSize
 from lifecycle_pipelines.local.stack import DEFAULT_STATE_DIR, LocalStack, StackInfo
@@ -139,6 +142,34 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_resources(args: argparse.Namespace) -> Any:
+    """Resources of the current environment, initialised outside a Dagster run (the local
+    stack's settings are loaded from its `stack.env` when LIFECYCLE_ENV is local or unset)."""
+    import os
+
+    import dagster as dg
+
+    from lifecycle_pipelines.environments import current_environment, resources_for
+
+    env = current_environment()
+    if env == "local":
+        os.environ.update(LocalStack(args.state_dir).read_env())
+    return dg.build_resources(resources_for(env))
+
+
+def cmd_archive_query(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.archive.query import query_archive
+
+    with _stack_resources(args) as resources:
+        result = query_archive(args.sql, s3=resources.s3, control=resources.control_db)
+    frame = result.table.to_pandas()
+    _out(frame.to_string(index=False, max_rows=args.max_rows) if len(frame) else "(no rows)")
+    _out(f"-- {result.table.num_rows} rows from {result.objects_read} archive objects")
+    for skipped in result.skipped:
+        _out(f"-- skipped {skipped}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lifecycle` command."""
     parser = argparse.ArgumentParser(
@@ -181,6 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a retention policy file")
     check.add_argument("file", type=Path, nargs="?", default=None)
     check.set_defaults(func=cmd_policy_check)
+
+    archive = sub.add_parser("archive", help="archive tools")
+    archive_sub = archive.add_subparsers(dest="archive_command", required=True)
+    query = archive_sub.add_parser(
+        "query", help="run SQL (DuckDB) over the readable archive objects"
+    )
+    query.add_argument("sql", help='e.g. "SELECT count(*) FROM orders"')
+    query.add_argument("--max-rows", type=int, default=50, help="rows to print")
+    query.set_defaults(func=cmd_archive_query)
     return parser
 
 
