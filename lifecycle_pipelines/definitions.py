@@ -2,17 +2,48 @@
 
 import dagster as dg
 
-from lifecycle_pipelines.assets.archive import archive_month_assets
+from lifecycle_pipelines.assets.archive import (
+    archive_month_assets,
+    archive_restore_requests,
+    archive_restore_verification,
+    archive_retention_expiry,
+)
 from lifecycle_pipelines.assets.platform import storage_layout_audit
 from lifecycle_pipelines.environments import current_environment, resources_for
 from lifecycle_pipelines.schedules import storage_layout_audit_daily, storage_layout_audit_job
-from lifecycle_pipelines.schedules.archive import archive_jobs_and_schedules
+from lifecycle_pipelines.schedules.archive import (
+    archive_jobs_and_schedules,
+    archive_restore_quarterly,
+    archive_restore_sensor,
+    archive_retention_expiry_daily,
+    restore_request_job,
+    restore_verification_job,
+    retention_expiry_job,
+)
 
 archive_jobs, archive_schedules = archive_jobs_and_schedules()
 
 defs = dg.Definitions(
-    assets=[storage_layout_audit, *archive_month_assets()],
-    jobs=[storage_layout_audit_job, *archive_jobs],
-    schedules=[storage_layout_audit_daily, *archive_schedules],
+    assets=[
+        storage_layout_audit,
+        *archive_month_assets(),
+        archive_restore_requests,
+        archive_restore_verification,
+        archive_retention_expiry,
+    ],
+    jobs=[
+        storage_layout_audit_job,
+        *archive_jobs,
+        restore_request_job,
+        restore_verification_job,
+        retention_expiry_job,
+    ],
+    schedules=[
+        storage_layout_audit_daily,
+        *archive_schedules,
+        archive_restore_quarterly,
+        archive_retention_expiry_daily,
+    ],
+    sensors=[archive_restore_sensor],
     resources=resources_for(current_environment()),
 )

@@ -1,13 +1,17 @@
-"""The monthly archive schedules: one per archived data type, each running the newest month that
-has just left the policy's active window (archive, verify, then purge, in one run)."""
+"""Archive schedules and sensors: per archived data type a monthly schedule running the newest
+month that has just left the policy's active window (archive, verify, then purge, in one run);
+the quarterly restore test and the sensor that completes it."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from lifecycle_pipelines.archive.plan import newest_eligible_month
+from lifecycle_pipelines.archive.restore_test import open_test, restore_progress
 from lifecycle_pipelines.assets.archive import ARCHIVE_PARTITIONS
+from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.policy import DataTypePolicy, load_policy
+from lifecycle_pipelines.resources import PostgresResource, S3Resource
 
 
 def archive_job(data_type: str) -> dg.UnresolvedAssetJobDefinition:
@@ -58,3 +62,59 @@ def archive_jobs_and_schedules() -> tuple[
         jobs.append(job)
         schedules.append(archive_schedule(name, data_type, job))
     return jobs, schedules
+
+
+restore_request_job = dg.define_asset_job(
+    "archive_restore_request_job",
+    selection=dg.AssetSelection.assets("archive_restore_requests"),
+    description="Sample archived objects and request their restores.",
+)
+restore_verification_job = dg.define_asset_job(
+    "archive_restore_verification_job",
+    selection=dg.AssetSelection.assets("archive_restore_verification"),
+    description="Check a completed restore test against the manifest.",
+)
+
+archive_restore_quarterly = dg.ScheduleDefinition(
+    name="archive_restore_quarterly",
+    job=restore_request_job,
+    cron_schedule="0 4 1 1,4,7,10 *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Quarterly sample restore test of the archive (spec 8.2).",
+)
+
+
+@dg.sensor(
+    job=restore_verification_job,
+    minimum_interval_seconds=900,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches the restore verification once every sampled object is restored.",
+)
+def archive_restore_sensor(
+    context: dg.SensorEvaluationContext, control_db: PostgresResource, s3: S3Resource
+) -> dg.SensorResult | dg.SkipReason:
+    with control_db.connect(autocommit=True) as conn:
+        ensure_control_schema(conn)
+        test_id = open_test(conn)
+        if test_id is None:
+            return dg.SkipReason("no restore test is waiting")
+        readable, total = restore_progress(conn, s3.client("s3"), test_id)
+    if readable < total:
+        return dg.SkipReason(f"restore test {test_id}: {readable}/{total} objects restored")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"restore-test-{test_id}")])
+
+
+retention_expiry_job = dg.define_asset_job(
+    "archive_retention_expiry_job",
+    selection=dg.AssetSelection.assets("archive_retention_expiry"),
+    description="Delete archives past their retention period.",
+)
+
+archive_retention_expiry_daily = dg.ScheduleDefinition(
+    name="archive_retention_expiry_daily",
+    job=retention_expiry_job,
+    cron_schedule="30 5 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,159 @@
+"""Retention expiry: archived objects past the policy's retention period are deleted with every
+version and delete marker, unless S3 Object Lock forbids it (a legal hold, or a retention date
+still in the future), in which case the object is recorded as `held` with the reason.
+
+Only purged partitions expire: a verified partition whose rows are still in the source is
+reported instead, so the archive copy never disappears before the source rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from lifecycle_pipelines.archive import manifest
+from lifecycle_pipelines.policy import DataTypePolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpiryReport:
+    """What one expiry pass did."""
+
+    partitions_expired: list[str] = field(default_factory=list)
+    objects_deleted: int = 0
+    versions_deleted: int = 0
+    held: list[str] = field(default_factory=list)
+    not_purged: list[str] = field(default_factory=list)
+
+
+def expires_on(policy: DataTypePolicy, month: date) -> date | None:
+    """The first day a month's archive may be deleted; None when kept indefinitely."""
+    period = policy.retention_period
+    if period.indefinite:
+        return None
+    if period.unit in ("mo", "y"):
+        months = month.year * 12 + month.month - 1 + 1 + period.months()
+        return date(months // 12, months % 12 + 1, 1)
+    next_month = date(month.year + month.month // 12, month.month % 12 + 1, 1)
+    return next_month + timedelta(days=period.approx_days())
+
+
+def _versions(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    paginator = client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=key):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            if item["Key"] == key:
+                found.append(item)
+    return found
+
+
+def lock_reason(client: Any, bucket: str, key: str, version_id: str) -> str | None:
+    """Why Object Lock forbids deleting this version now, or None."""
+    try:
+        hold = client.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version_id)
+        if hold.get("LegalHold", {}).get("Status") == "ON":
+            return "legal hold"
+    except client.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in (
+            "NoSuchObjectLockConfiguration",
+            "ObjectLockConfigurationNotFoundError",
+            "InvalidRequest",
+        ):
+            raise
+    try:
+        retention = client.get_object_retention(Bucket=bucket, Key=key, VersionId=version_id)
+        until = retention.get("Retention", {}).get("RetainUntilDate")
+        if until is not None and until > datetime.now(UTC):
+            mode = retention["Retention"].get("Mode", "")
+            return f"object lock {mode} retention until {until:%Y-%m-%d}"
+    except client.exceptions.ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in (
+            "NoSuchObjectLockConfiguration",
+            "ObjectLockConfigurationNotFoundError",
+            "InvalidRequest",
+        ):
+            raise
+    return None
+
+
+def expire_archives(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    policies: dict[str, DataTypePolicy],
+    today: date,
+) -> ExpiryReport:
+    """Delete every object of every partition past its retention (see the module docstring)."""
+    report = ExpiryReport()
+    for data_type, policy in policies.items():
+        rows = conn.execute(
+            "SELECT partition_month, state, keys_bucket, keys_object_key"
+            " FROM lifecycle.archive_partitions WHERE data_type = %s"
+            " AND state IN ('verified', 'purged') ORDER BY partition_month",
+            (data_type,),
+        ).fetchall()
+        for month, state, keys_bucket, keys_key in rows:
+            due = expires_on(policy, month)
+            if due is None or due > today:
+                continue
+            label = f"{data_type} {month:%Y-%m}"
+            if state != "purged":
+                report.not_purged.append(label)
+                continue
+            held_here = False
+            for entry in manifest.get_objects(conn, data_type, month):
+                if entry.state not in ("verified", "purged", "held"):
+                    continue
+                versions = _versions(client, entry.bucket, entry.object_key)
+                reasons = [
+                    r
+                    for v in versions
+                    if (r := lock_reason(client, entry.bucket, entry.object_key, v["VersionId"]))
+                ]
+                if reasons:
+                    held_here = True
+                    report.held.append(f"s3://{entry.bucket}/{entry.object_key}: {reasons[0]}")
+                    conn.execute(
+                        "UPDATE lifecycle.archive_objects SET state = 'held', hold_reason = %s"
+                        " WHERE object_id = %s",
+                        (reasons[0], entry.object_id),
+                    )
+                    continue
+                for version in versions:
+                    client.delete_object(
+                        Bucket=entry.bucket, Key=entry.object_key, VersionId=version["VersionId"]
+                    )
+                    report.versions_deleted += 1
+                with conn.transaction():
+                    conn.execute(
+                        "UPDATE lifecycle.archive_objects SET state = 'expired',"
+                        " expired_at = now(), hold_reason = NULL WHERE object_id = %s",
+                        (entry.object_id,),
+                    )
+                    conn.execute(
+                        "DELETE FROM lifecycle.subject_index WHERE object_id = %s",
+                        (entry.object_id,),
+                    )
+                report.objects_deleted += 1
+                log.info("expired s3://%s/%s", entry.bucket, entry.object_key)
+            if held_here:
+                continue
+            if keys_bucket and keys_key:
+                for version in _versions(client, keys_bucket, keys_key):
+                    client.delete_object(
+                        Bucket=keys_bucket, Key=keys_key, VersionId=version["VersionId"]
+                    )
+                    report.versions_deleted += 1
+            conn.execute(
+                "UPDATE lifecycle.archive_partitions SET state = 'expired', expired_at = now()"
+                " WHERE data_type = %s AND partition_month = %s",
+                (data_type, month),
+            )
+            report.partitions_expired.append(label)
+    return report
