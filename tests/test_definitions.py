@@ -17,8 +17,16 @@ def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert "platform" in groups
+    assert {"platform", "archive"} <= groups
     assert defs.resolve_schedule_def("storage_layout_audit_daily")
+    for name in ("orders", "user_activity"):
+        archive = graph.get(dg.AssetKey(f"archive_{name}"))
+        assert archive.partitions_def is not None
+        assert {c.name for c in archive.check_keys} == {"schema", "completeness", "reconciliation"}
+        assert dg.AssetKey(f"archive_{name}") in graph.get(dg.AssetKey(f"purge_{name}")).parent_keys
+        assert defs.resolve_schedule_def(f"archive_{name}_monthly")
+    assert defs.resolve_schedule_def("archive_restore_quarterly")
+    assert defs.resolve_sensor_def("archive_restore_sensor")
 
 
 def test_dagster_cli_validates_the_code_location() -> None:

@@ -54,32 +54,21 @@ def _versions(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
     return found
 
 
-def lock_reason(client: Any, bucket: str, key: str, version_id: str) -> str | None:
-    """Why Object Lock forbids deleting this version now, or None."""
-    try:
-        hold = client.get_object_legal_hold(Bucket=bucket, Key=key, VersionId=version_id)
-        if hold.get("LegalHold", {}).get("Status") == "ON":
-            return "legal hold"
-    except client.exceptions.ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in (
-            "NoSuchObjectLockConfiguration",
-            "ObjectLockConfigurationNotFoundError",
-            "InvalidRequest",
-        ):
-            raise
-    try:
-        retention = client.get_object_retention(Bucket=bucket, Key=key, VersionId=version_id)
-        until = retention.get("Retention", {}).get("RetainUntilDate")
-        if until is not None and until > datetime.now(UTC):
-            mode = retention["Retention"].get("Mode", "")
-            return f"object lock {mode} retention until {until:%Y-%m-%d}"
-    except client.exceptions.ClientError as err:
-        if err.response.get("Error", {}).get("Code") not in (
-            "NoSuchObjectLockConfiguration",
-            "ObjectLockConfigurationNotFoundError",
-            "InvalidRequest",
-        ):
-            raise
+def lock_reason(client: Any, bucket: str, key: str, version: dict[str, Any]) -> str | None:
+    """Why Object Lock forbids deleting this version now, or None.
+
+    HeadObject reports the legal hold and retention of a version in any storage class (the
+    dedicated GetObjectLegalHold call is refused for GLACIER objects by some implementations).
+    Delete markers carry no lock.
+    """
+    if "Size" not in version and "ETag" not in version:
+        return None  # a delete marker
+    head = client.head_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+    if head.get("ObjectLockLegalHoldStatus") == "ON":
+        return "legal hold"
+    until = head.get("ObjectLockRetainUntilDate")
+    if until is not None and until > datetime.now(UTC):
+        return f"object lock {head.get('ObjectLockMode', '')} retention until {until:%Y-%m-%d}"
     return None
 
 
@@ -114,7 +103,7 @@ def expire_archives(
                 reasons = [
                     r
                     for v in versions
-                    if (r := lock_reason(client, entry.bucket, entry.object_key, v["VersionId"]))
+                    if (r := lock_reason(client, entry.bucket, entry.object_key, v))
                 ]
                 if reasons:
                     held_here = True

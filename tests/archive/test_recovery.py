@@ -1,0 +1,163 @@
+"""Crashes at every step converge on re-run; the purge never touches what it did not archive."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from lifecycle_pipelines.archive import archiver, manifest, purge
+from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
+from tests.archive.conftest import (
+    add,
+    archived_orders_stats,
+    assets_of,
+    materialize,
+    orders_stats,
+)
+
+
+class Crash(RuntimeError):
+    """An injected failure."""
+
+
+def _assert_converged(
+    shop_conn: Any, control_conn: Any, month: date, before: tuple[Any, Any]
+) -> None:
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "purged"
+    left_orders, left_items = orders_stats(shop_conn, month)
+    archived_orders, archived_items = archived_orders_stats(control_conn, month)
+    assert add(left_orders, archived_orders) == before[0]
+    assert add(left_items, archived_items) == before[1]
+
+
+def test_crash_after_write_before_verification(
+    shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    month = date(2024, 3, 1)
+    before = orders_stats(shop_conn, month)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash("injected after write")
+
+    monkeypatch.setattr(archiver, "verify_object", crash)
+    assert not materialize(assets_of("orders"), month.isoformat()).success
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "written"
+    assert orders_stats(shop_conn, month) == before  # nothing purged
+
+    monkeypatch.undo()
+    assert materialize(assets_of("orders"), month.isoformat()).success
+    _assert_converged(shop_conn, control_conn, month, before)
+
+
+def test_crash_after_verification_before_purge(shop_conn: Any, control_conn: Any) -> None:
+    month = date(2024, 5, 1)
+    before = orders_stats(shop_conn, month)
+    archive_only = assets_of("orders")[:1]
+    assert materialize(archive_only, month.isoformat()).success
+    first = manifest.get_objects(control_conn, "orders", month)
+
+    rerun = materialize(assets_of("orders"), month.isoformat())
+
+    assert rerun.success
+    metadata = rerun.asset_materializations_for_node("archive_orders")[0].metadata
+    assert "confirmed, not re-extracted" in metadata["summary"].value
+    again = manifest.get_objects(control_conn, "orders", month)
+    assert [e.version_id for e in again] == [e.version_id for e in first]
+    _assert_converged(shop_conn, control_conn, month, before)
+
+
+def test_crash_in_the_middle_of_a_purge(
+    shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    month = date(2024, 4, 1)
+    before = orders_stats(shop_conn, month)
+    real_batch = purge.purge_batch
+    calls = {"n": 0}
+
+    def crash_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash("injected mid-purge")
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(purge, "purge_batch", crash_on_second)
+    result = materialize(
+        assets_of("orders"),
+        month.isoformat(),
+        run_config={"ops": {"purge_orders": {"config": {"batch_size": 10}}}},
+    )
+    assert not result.success
+    partly = orders_stats(shop_conn, month)
+    assert 0 < partly[0].rows < before[0].rows
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "verified"
+
+    monkeypatch.undo()
+    assert materialize(assets_of("orders"), month.isoformat()).success
+    _assert_converged(shop_conn, control_conn, month, before)
+
+
+def test_rows_added_or_changed_after_the_snapshot_survive_the_purge(
+    shop_conn: psycopg.Connection[Any], control_conn: Any
+) -> None:
+    month = date(2024, 6, 1)
+    assert materialize(assets_of("orders")[:1], month.isoformat()).success
+    late = shop_conn.execute(
+        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
+        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
+        (datetime(2024, 6, 15, tzinfo=UTC),),
+    ).fetchone()
+    changed = shop_conn.execute(
+        "UPDATE orders SET status = 'returned' WHERE order_id = (SELECT min(order_id) FROM orders"
+        " WHERE created_at >= %s AND created_at < %s) RETURNING order_id",
+        (month, date(2024, 7, 1)),
+    ).fetchone()
+    shop_conn.commit()
+    assert late is not None and changed is not None
+
+    result = materialize(assets_of("orders")[1:], month.isoformat())
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("purge_orders")[0].metadata
+    assert metadata["parents_kept_changed_after_snapshot"].value == 1
+    left = {
+        r[0]
+        for r in shop_conn.execute(
+            "SELECT order_id FROM orders WHERE created_at >= %s AND created_at < %s",
+            (month, date(2024, 7, 1)),
+        )
+    }
+    assert left == {late[0], changed[0]}
+
+
+def test_two_runs_of_one_partition_cannot_both_proceed(
+    control_conn: psycopg.Connection[Any], shop_conn: Any
+) -> None:
+    month = date(2024, 8, 1)
+    before = orders_stats(shop_conn, month)
+    lock_partition(control_conn, "orders", month)  # another run holds the partition
+    try:
+        result = materialize(assets_of("orders"), month.isoformat())
+        assert not result.success
+        failure = result.failure_data_for_node("archive_orders")
+        assert failure is not None and "another run holds this partition" in str(failure.error)
+        assert manifest.get_partition(control_conn, "orders", month) is None
+        assert orders_stats(shop_conn, month) == before
+    finally:
+        control_conn.execute("SELECT pg_advisory_unlock_all()")
+    assert isinstance(PartitionBusy("x"), RuntimeError)
+
+
+def test_purge_refuses_an_unverified_partition(shop_conn: Any) -> None:
+    month = date(2024, 11, 1)
+    before = orders_stats(shop_conn, month)
+    result = materialize(assets_of("orders")[1:], month.isoformat())
+    assert not result.success
+    failure = result.failure_data_for_node("purge_orders")
+    assert failure is not None and "nothing was deleted" in str(failure.error)
+    assert orders_stats(shop_conn, month) == before
