@@ -12,7 +12,7 @@ STAMP := $(VENV)/.synced
 
 $(STAMP): pyproject.toml uv.lock
 	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
-	UV_PYTHON=$(PYTHON) $(UV) sync --frozen --extra local --extra test --extra bench
+	UV_PYTHON=$(PYTHON) $(UV) sync --frozen --compile-bytecode --extra local --extra test --extra bench
 	@touch $(STAMP)
 
 install: $(STAMP)

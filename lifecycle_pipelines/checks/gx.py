@@ -83,6 +83,14 @@ def _batch_definition() -> Any:
     return asset.add_batch_definition_whole_dataframe("whole")
 
 
+@cache
+def _gx_suite(name: str, expectations_json: str) -> Any:
+    """A GX suite object, built once per distinct content (construction is costly)."""
+    from great_expectations.core.expectation_suite import ExpectationSuite
+
+    return ExpectationSuite(name=name, expectations=json.loads(expectations_json))
+
+
 def schema_frame(schema: pa.Schema) -> pd.DataFrame:
     """One row per column: `signature` = `name:arrow_type`, in file order."""
     return pd.DataFrame(
@@ -119,8 +127,6 @@ def validate(
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, CheckOutcome]:
     """Run every expectation of `suite` on its batch; one outcome per check name."""
-    from great_expectations.core.expectation_suite import ExpectationSuite
-
     outcomes = {name: CheckOutcome(name) for name in CHECK_NAMES}
     by_batch: dict[str, list[dict[str, Any]]] = {}
     for expectation in suite["expectations"]:
@@ -130,9 +136,7 @@ def validate(
     for batch_name, expectations in by_batch.items():
         if batch_name not in batches:
             raise KeyError(f"suite {suite.get('name')}: no batch {batch_name!r} was provided")
-        gx_suite = ExpectationSuite(
-            name=f"{suite.get('name')}:{batch_name}", expectations=expectations
-        )
+        gx_suite = _gx_suite(f"{suite.get('name')}:{batch_name}", json.dumps(expectations))
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": batches[batch_name]})
         result = batch.validate(gx_suite, expectation_parameters=parameters or {})
         for item in result.results:

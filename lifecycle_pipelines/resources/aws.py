@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from dagster_aws.utils import ResourceWithBoto3Configuration
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 
 class AwsResource(ResourceWithBoto3Configuration):
@@ -25,6 +25,8 @@ class AwsResource(ResourceWithBoto3Configuration):
         default=60.0, description="Seconds to wait for an AWS response before retrying."
     )
 
+    _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     def session(self) -> boto3.session.Session:
         """A boto3 session with this resource's region, profile and explicit credentials."""
         return boto3.session.Session(
@@ -36,7 +38,17 @@ class AwsResource(ResourceWithBoto3Configuration):
         )
 
     def client(self, service: str) -> Any:
-        """A boto3 client for `service` with standard-mode retries on throttling and 5xx."""
+        """A boto3 client for `service` with standard-mode retries on throttling and 5xx.
+
+        Clients are built once per resource instance and service (building one costs ~100 ms;
+        boto3 clients are thread-safe).
+        """
+        cached = self._clients.get(service)
+        if cached is None:
+            cached = self._clients[service] = self._new_client(service)
+        return cached
+
+    def _new_client(self, service: str) -> Any:
         config = Config(
             retries={"max_attempts": self.max_attempts, "mode": "standard"},
             connect_timeout=self.connect_timeout_seconds,
