@@ -49,7 +49,7 @@ from lifecycle_pipelines.archive.plan import (
     check_eligible,
     object_key,
 )
-from lifecycle_pipelines.archive.stats import ReconStats, source_stats
+from lifecycle_pipelines.archive.stats import ReconStats, parts_source_stats
 from lifecycle_pipelines.archive.verify import verify_object
 from lifecycle_pipelines.checks.gx import CheckOutcome
 from lifecycle_pipelines.control import ensure_control_schema
@@ -251,7 +251,7 @@ class MonthArchiver:
         keys_path = folder / "purge-keys.parquet"
         keys_writer: pq.ParquetWriter | None = None
         tables: list[ArchivedTable] = []
-        cipher_cache: dict[str, Any] = {}
+        cipher_cache: dict[str, bytes | None] = {}
         with self.shop.connect() as conn:
             conn.isolation_level = IsolationLevel.REPEATABLE_READ
             conn.read_only = True
@@ -297,30 +297,23 @@ class MonthArchiver:
                     rows += batch.num_rows
                     self.log.debug(f"{self.month.label}: {shape.table} {rows} rows extracted")
                 parts = writer.close()
-                stats = [
-                    source_stats(
-                        conn,
-                        rel,
-                        shape.primary_key,
-                        list(shape.money_columns),
-                        sql.SQL("{} AND t.{} BETWEEN {} AND {}").format(
-                            where,
-                            sql.Identifier(shape.primary_key),
-                            sql.Literal(part.pk_min),
-                            sql.Literal(part.pk_max),
-                        ),
-                    )
-                    for part in parts
-                ]
-                total = source_stats(conn, rel, shape.primary_key, list(shape.money_columns), where)
-                if sum(s.rows for s in stats) != total.rows:
+                stats = parts_source_stats(
+                    conn,
+                    rel,
+                    where,
+                    shape.primary_key,
+                    list(shape.money_columns),
+                    [(part.pk_min, part.pk_max) for part in parts],
+                )
+                if stats.outside.rows:
                     raise RuntimeError(
-                        f"{self.month.label}: {shape.table} parts cover "
-                        f"{sum(s.rows for s in stats)} rows, the snapshot has {total.rows}"
+                        f"{self.month.label}: {shape.table} has {stats.outside.rows} rows in the "
+                        "snapshot outside every extracted part; nothing was uploaded"
                     )
-                tables.append(ArchivedTable(shape, parts, stats))
+                total_rows = sum(s.rows for s in stats.parts)
+                tables.append(ArchivedTable(shape, parts, stats.parts))
                 self.log.info(
-                    f"{self.month.label}: {shape.table} {total.rows} rows in {len(parts)} parts"
+                    f"{self.month.label}: {shape.table} {total_rows} rows in {len(parts)} parts"
                 )
             conn.rollback()
         if keys_writer is not None:
@@ -400,9 +393,15 @@ class MonthArchiver:
             f"{KEYS_PREFIX}/{self.policy.service}/{self.data_type}/"
             f"year={self.month.month:%Y}/month={self.month.month:%m}/keys.parquet"
         )
-        response = self.s3.put_bytes(
-            self.bucket, key, path.read_bytes(), content_type="application/vnd.apache.parquet"
-        )
+        with path.open("rb") as body:
+            response = self.s3.client("s3").put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                ContentType="application/vnd.apache.parquet",
+                **self.s3.encryption_args(),
+            )
         return self.bucket, key, response.get("VersionId")
 
     def _verify(

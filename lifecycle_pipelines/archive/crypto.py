@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,9 +75,12 @@ class SubjectKeyring:
             self._keks[kek_id] = AESGCM(plaintext)
         return self._keks[kek_id]
 
-    def keys(self, subject_ids: Sequence[str], *, create: bool) -> dict[str, AESGCM | None]:
-        """The cipher of each subject; None for a destroyed key. Missing keys are created when
-        `create` (concurrent creators agree: the first insert wins), else left out."""
+    def keys(self, subject_ids: Sequence[str], *, create: bool) -> dict[str, bytes | None]:
+        """The 32-byte data key of each subject; None for a destroyed key. Missing keys are
+        created when `create` (concurrent creators agree: the first insert wins), else left out.
+
+        Raw keys are returned rather than cipher objects: an AESGCM object holds ~2.4 KB of
+        OpenSSL state, too much to keep for every subject of a month."""
         wanted = sorted(set(subject_ids))
         if create:
             kek_id, kek = self._current_kek()
@@ -95,13 +98,24 @@ class SubjectKeyring:
                     nonce = os.urandom(NONCE_BYTES)
                     wrapped = nonce + kek.encrypt(nonce, os.urandom(32), subject.encode())
                     rows.append((subject, kek_id, wrapped))
-                with self._control.transaction(), self._control.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO lifecycle.subject_keys (subject_id, kek_id, wrapped_key)"
-                        " VALUES (%s, %s, %s) ON CONFLICT (subject_id) DO NOTHING",
-                        rows,
+                with self._control.transaction():
+                    self._control.execute(
+                        "CREATE TEMP TABLE new_subject_keys (subject_id text, kek_id bigint,"
+                        " wrapped_key bytea) ON COMMIT DROP"
                     )
-        result: dict[str, AESGCM | None] = {}
+                    with self._control.cursor().copy(
+                        "COPY new_subject_keys (subject_id, kek_id, wrapped_key)"
+                        " FROM STDIN (FORMAT binary)"
+                    ) as copy:
+                        copy.set_types(["text", "int8", "bytea"])
+                        for row in rows:
+                            copy.write_row(row)
+                    self._control.execute(
+                        "INSERT INTO lifecycle.subject_keys (subject_id, kek_id, wrapped_key)"
+                        " SELECT subject_id, kek_id, wrapped_key FROM new_subject_keys"
+                        " ON CONFLICT (subject_id) DO NOTHING"
+                    )
+        result: dict[str, bytes | None] = {}
         for subject, kek_id, wrapped in self._control.execute(
             "SELECT subject_id, kek_id, wrapped_key FROM lifecycle.subject_keys"
             " WHERE subject_id = ANY(%s)",
@@ -111,10 +125,9 @@ class SubjectKeyring:
                 result[subject] = None
                 continue
             blob = bytes(wrapped)
-            key = self._kek(kek_id).decrypt(
+            result[subject] = self._kek(kek_id).decrypt(
                 blob[:NONCE_BYTES], blob[NONCE_BYTES:], subject.encode()
             )
-            result[subject] = AESGCM(key)
         return result
 
     def destroy(self, subject_id: str) -> bool:
@@ -178,7 +191,7 @@ def encrypt_personal(
     primary_key: str,
     subject_column: str,
     personal_columns: Sequence[str],
-    keys: dict[str, AESGCM | None],
+    keys: Mapping[str, bytes | None],
 ) -> pa.Table:
     """Replace `personal_columns` with the `_personal` ciphertext column.
 
@@ -192,16 +205,20 @@ def encrypt_personal(
     prefix, pk_bytes = _aad(table_name, table.column(primary_key).to_numpy())
     nonces = os.urandom(NONCE_BYTES * n)
     view = memoryview(data.to_pybytes() if data is not None else b"")
-    cells: list[bytes | None] = []
-    append = cells.append
-    for i in range(n):
-        cipher = keys[subjects[i]]
+    cells: list[bytes | None] = [None] * n
+    current: str | None = None
+    cipher: AESGCM | None = None
+    # Rows grouped by subject: one short-lived cipher object per subject and batch.
+    for i in sorted(range(n), key=subjects.__getitem__):
+        if subjects[i] != current:
+            current = subjects[i]
+            key = keys[current]
+            cipher = None if key is None else AESGCM(key)
         if cipher is None:
-            append(None)
             continue
         nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
         aad = prefix + pk_bytes[i * 8 : i * 8 + 8]
-        append(nonce + cipher.encrypt(nonce, view[offsets[i] : offsets[i + 1]], aad))
+        cells[i] = nonce + cipher.encrypt(nonce, view[offsets[i] : offsets[i + 1]], aad)
     kept = table.drop_columns(list(personal_columns))
     return kept.append_column(pa.field(PERSONAL_COLUMN, pa.binary()), pa.array(cells, pa.binary()))
 
@@ -213,29 +230,36 @@ def decrypt_personal(
     primary_key: str,
     subject_column: str,
     personal_fields: Sequence[pa.Field],
-    keys: dict[str, AESGCM | None],
+    keys: Mapping[str, bytes | None],
 ) -> pa.Table:
     """Restore the personal columns from `_personal`; NULL where the subject's key is gone."""
     n = table.num_rows
     subjects = subject_ids(table.column(subject_column))
     prefix, pk_bytes = _aad(table_name, table.column(primary_key).to_numpy())
     cells = table.column(PERSONAL_COLUMN).to_pylist()
-    columns: list[list[str | None]] = [[] for _ in personal_fields]
+    rows: list[list[str | None]] = [[None] * len(personal_fields) for _ in range(n)]
     undecryptable = 0
-    for i in range(n):
-        cipher = keys.get(subjects[i])
+    current: str | None = None
+    cipher: AESGCM | None = None
+    for i in sorted(range(n), key=subjects.__getitem__):
+        if subjects[i] != current:
+            current = subjects[i]
+            key = keys.get(current)
+            cipher = None if key is None else AESGCM(key)
         cell = cells[i]
-        values: list[str | None] = [None] * len(personal_fields)
-        if cipher is not None and cell is not None:
-            try:
-                plain = cipher.decrypt(
-                    cell[:NONCE_BYTES], cell[NONCE_BYTES:], prefix + pk_bytes[i * 8 : i * 8 + 8]
-                )
-                values = decode_row(plain, len(personal_fields))
-            except InvalidTag:
-                undecryptable += 1
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
+        if cipher is None or cell is None:
+            continue
+        try:
+            plain = cipher.decrypt(
+                cell[:NONCE_BYTES], cell[NONCE_BYTES:], prefix + pk_bytes[i * 8 : i * 8 + 8]
+            )
+        except InvalidTag:
+            undecryptable += 1
+            continue
+        rows[i] = decode_row(plain, len(personal_fields))
+    columns = (
+        [list(values) for values in zip(*rows, strict=True)] if n else [[] for _ in personal_fields]
+    )
     if undecryptable:
         log.warning("%s: %d rows failed authentication and read as NULL", table_name, undecryptable)
     result = table.drop_columns([PERSONAL_COLUMN])

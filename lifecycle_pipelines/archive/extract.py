@@ -31,8 +31,8 @@ from lifecycle_pipelines.archive.columns import TableShape
 
 log = logging.getLogger(__name__)
 
-CSV_BLOCK_BYTES = 8 << 20
-ROW_GROUP_ROWS = 250_000
+CSV_BLOCK_BYTES = 4 << 20
+ROW_GROUP_ROWS = 128_000
 
 
 @dataclass

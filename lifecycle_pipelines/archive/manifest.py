@@ -6,6 +6,8 @@ subject index together; `mark_verified`, `mark_purged` and `mark_expired` move s
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -169,10 +171,16 @@ def record_written(
             entry.object_id = row[0]
             if entry.subjects:
                 with conn.cursor().copy(
-                    "COPY lifecycle.subject_index (subject_id, object_id, row_count) FROM STDIN"
+                    "COPY lifecycle.subject_index (subject_id, object_id, row_count)"
+                    " FROM STDIN (FORMAT csv)"
                 ) as copy:
-                    for subject, count in entry.subjects.items():
-                        copy.write_row((subject, entry.object_id, count))
+                    copy.write(_subject_rows_csv(entry.subjects, entry.object_id))
+
+
+def _subject_rows_csv(subjects: dict[str, int], object_id: int) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows((subject, object_id, count) for subject, count in subjects.items())
+    return buffer.getvalue().encode()
 
 
 def mark_verified(conn: psycopg.Connection[Any], data_type: str, month: date) -> None:

@@ -6,7 +6,6 @@ import os
 
 import pyarrow as pa
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lifecycle_pipelines.archive.crypto import (
     PERSONAL_COLUMN,
@@ -32,11 +31,11 @@ def _table() -> pa.Table:
     )
 
 
-def _keys() -> dict[str, AESGCM | None]:
-    return {s: AESGCM(os.urandom(32)) for s in ("10", "20", UNATTRIBUTED)}
+def _keys() -> dict[str, bytes | None]:
+    return {s: os.urandom(32) for s in ("10", "20", UNATTRIBUTED)}
 
 
-def _encrypt(table: pa.Table, keys: dict[str, AESGCM | None]) -> pa.Table:
+def _encrypt(table: pa.Table, keys: dict[str, bytes | None]) -> pa.Table:
     return encrypt_personal(
         table,
         table_name="t",
@@ -47,7 +46,7 @@ def _encrypt(table: pa.Table, keys: dict[str, AESGCM | None]) -> pa.Table:
     )
 
 
-def _decrypt(table: pa.Table, keys: dict[str, AESGCM | None]) -> pa.Table:
+def _decrypt(table: pa.Table, keys: dict[str, bytes | None]) -> pa.Table:
     return decrypt_personal(
         table,
         table_name="t",
@@ -107,4 +106,4 @@ def test_a_ciphertext_moved_to_another_row_does_not_decrypt() -> None:
 
 def test_missing_subject_key_is_an_error_not_a_clear_write() -> None:
     with pytest.raises(KeyError):
-        _encrypt(_table(), {"10": AESGCM(os.urandom(32))})
+        _encrypt(_table(), {"10": os.urandom(32)})

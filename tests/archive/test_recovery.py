@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -160,4 +161,27 @@ def test_purge_refuses_an_unverified_partition(shop_conn: Any) -> None:
     assert not result.success
     failure = result.failure_data_for_node("purge_orders")
     assert failure is not None and "nothing was deleted" in str(failure.error)
+    assert orders_stats(shop_conn, month) == before
+
+
+def test_a_failed_reconciliation_blocks_the_purge(
+    shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    month = date(2023, 12, 1)
+    before = orders_stats(shop_conn, month)
+    real_stats = archiver.source_stats
+
+    def one_row_too_many(*args: Any, **kwargs: Any) -> Any:
+        stats = real_stats(*args, **kwargs)
+        return replace(stats, rows=stats.rows + 1)
+
+    monkeypatch.setattr(archiver, "source_stats", one_row_too_many)
+    result = materialize(assets_of("orders"), month.isoformat())
+
+    assert not result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["reconciliation"] is False and checks["schema"] is True
+    assert result.asset_materializations_for_node("purge_orders") == []
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "written"
     assert orders_stats(shop_conn, month) == before
