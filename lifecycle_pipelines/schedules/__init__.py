@@ -1,19 +1,33 @@
-"""Schedules and sensors, one per cadence."""
+"""Schedules and sensors, one per cadence. `asset_schedule` builds the job and the schedule of
+an unpartitioned asset in one place."""
 
 import dagster as dg
 
-storage_layout_audit_job = dg.define_asset_job(
+
+def asset_schedule(
+    asset: str, job_name: str, schedule_name: str, cron: str, description: str
+) -> tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition]:
+    """A job materializing `asset` and a running-by-default UTC schedule for it."""
+    job = dg.define_asset_job(
+        job_name, selection=dg.AssetSelection.assets(asset), description=description
+    )
+    schedule = dg.ScheduleDefinition(
+        name=schedule_name,
+        job=job,
+        cron_schedule=cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=description,
+    )
+    return job, schedule
+
+
+storage_layout_audit_job, storage_layout_audit_daily = asset_schedule(
+    "storage_layout_audit",
     "storage_layout_audit_job",
-    selection=dg.AssetSelection.assets("storage_layout_audit"),
-    description="Audit buckets and tables against the storage specification.",
+    "storage_layout_audit_daily",
+    "0 6 * * *",
+    "Audit buckets and tables against the storage specification.",
 )
 
-storage_layout_audit_daily = dg.ScheduleDefinition(
-    name="storage_layout_audit_daily",
-    job=storage_layout_audit_job,
-    cron_schedule="0 6 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-
-__all__ = ["storage_layout_audit_daily", "storage_layout_audit_job"]
+__all__ = ["asset_schedule", "storage_layout_audit_daily", "storage_layout_audit_job"]

@@ -12,6 +12,7 @@ from lifecycle_pipelines.assets.archive import ARCHIVE_PARTITIONS
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.policy import DataTypePolicy, load_policy
 from lifecycle_pipelines.resources import PostgresResource, S3Resource
+from lifecycle_pipelines.schedules import asset_schedule
 
 
 def archive_job(data_type: str) -> dg.UnresolvedAssetJobDefinition:
@@ -64,24 +65,17 @@ def archive_jobs_and_schedules() -> tuple[
     return jobs, schedules
 
 
-restore_request_job = dg.define_asset_job(
+restore_request_job, archive_restore_quarterly = asset_schedule(
+    "archive_restore_requests",
     "archive_restore_request_job",
-    selection=dg.AssetSelection.assets("archive_restore_requests"),
-    description="Sample archived objects and request their restores.",
+    "archive_restore_quarterly",
+    "0 4 1 1,4,7,10 *",
+    "Quarterly sample restore test of the archive (spec 8.2): sample and request restores.",
 )
 restore_verification_job = dg.define_asset_job(
     "archive_restore_verification_job",
     selection=dg.AssetSelection.assets("archive_restore_verification"),
     description="Check a completed restore test against the manifest.",
-)
-
-archive_restore_quarterly = dg.ScheduleDefinition(
-    name="archive_restore_quarterly",
-    job=restore_request_job,
-    cron_schedule="0 4 1 1,4,7,10 *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Quarterly sample restore test of the archive (spec 8.2).",
 )
 
 
@@ -105,16 +99,10 @@ def archive_restore_sensor(
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"restore-test-{test_id}")])
 
 
-retention_expiry_job = dg.define_asset_job(
+retention_expiry_job, archive_retention_expiry_daily = asset_schedule(
+    "archive_retention_expiry",
     "archive_retention_expiry_job",
-    selection=dg.AssetSelection.assets("archive_retention_expiry"),
-    description="Delete archives past their retention period.",
-)
-
-archive_retention_expiry_daily = dg.ScheduleDefinition(
-    name="archive_retention_expiry_daily",
-    job=retention_expiry_job,
-    cron_schedule="30 5 * * *",
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    "archive_retention_expiry_daily",
+    "30 5 * * *",
+    "Delete archives past their retention period, unless object lock holds them.",
 )

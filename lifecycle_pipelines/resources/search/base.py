@@ -89,3 +89,15 @@ class SearchBackend(Protocol):
     ) -> list[SearchHit]:
         """Full-text search for `query` over `fields`, best first."""
         ...
+
+    def put_index_template(self, name: str, body: Mapping[str, Any]) -> None:
+        """Create or replace a composable index template."""
+        ...
+
+    def put_lifecycle_policy(self, policy_id: str, body: Mapping[str, Any]) -> None:
+        """Create or update an index-state-management policy."""
+        ...
+
+    def scan_field(self, index: str, field: str) -> dict[str, Any]:
+        """`doc id -> value of field` for every document of an index (ids and versions)."""
+        ...

@@ -133,9 +133,44 @@ class OpenSearchBackend:
     def search(
         self, index: str, query: str, fields: Sequence[str], size: int = 10
     ) -> list[SearchHit]:
-        body = {"size": size, "query": {"multi_match": {"query": query, "fields": list(fields)}}}
+        searched = [*fields, *(f"{f}.ngram" for f in fields)]
+        body = {
+            "size": size,
+            "query": {"multi_match": {"query": query, "fields": searched, "fuzziness": "AUTO"}},
+        }
         response = self.client.search(index=index, body=body)
         return [
             SearchHit(str(hit["_id"]), float(hit["_score"] or 0.0), hit.get("_source", {}))
             for hit in response["hits"]["hits"]
         ]
+
+    def put_index_template(self, name: str, body: Mapping[str, Any]) -> None:
+        self.client.indices.put_index_template(name=name, body=dict(body))
+
+    def put_lifecycle_policy(self, policy_id: str, body: Mapping[str, Any]) -> None:
+        path = f"/_plugins/_ism/policies/{policy_id}"
+        try:
+            current = self.client.transport.perform_request("GET", path)
+        except NotFoundError:
+            self.client.transport.perform_request("PUT", path, body=dict(body))
+            return
+        params = {
+            "if_seq_no": current["_seq_no"],
+            "if_primary_term": current["_primary_term"],
+        }
+        self.client.transport.perform_request("PUT", path, params=params, body=dict(body))
+
+    def scan_field(self, index: str, field: str) -> dict[str, Any]:
+        from opensearchpy.helpers import scan
+
+        try:
+            hits = scan(
+                self.client,
+                index=index,
+                query={"query": {"match_all": {}}, "_source": [field]},
+                size=5_000,
+                preserve_order=False,
+            )
+            return {str(h["_id"]): h.get("_source", {}).get(field) for h in hits}
+        except NotFoundError as err:
+            raise IndexNotFound(index) from err

@@ -31,6 +31,7 @@ _VALID_INDEX = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 NGRAM_MIN, NGRAM_MAX = 2, 15
+FUZZY_MIN_LENGTH = 4
 _WORD = re.compile(r"\w+")
 
 
@@ -41,7 +42,25 @@ def _words(text: str) -> list[str]:
     return [w for w in _WORD.findall(plain) if len(w) >= NGRAM_MIN]
 
 
+LANGUAGE_ANALYZERS = ("english", "german", "french", "spanish", "italian", "dutch")
+
+
+def language_field(name: str, language: str) -> str:
+    """The tantivy field holding text field `name` analysed for `language`."""
+    return f"{name}__{language}"
+
+
 def _register_analyzers(index: tantivy.Index) -> None:
+    for language in LANGUAGE_ANALYZERS:
+        analyzer = (
+            tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
+            .filter(tantivy.Filter.lowercase())
+            .filter(tantivy.Filter.ascii_fold())
+            .filter(tantivy.Filter.stopword(language))
+            .filter(tantivy.Filter.stemmer(language))
+            .build()
+        )
+        index.register_tokenizer(f"lp_{language}", analyzer)
     text = (
         tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
         .filter(tantivy.Filter.lowercase())
@@ -59,6 +78,40 @@ def _register_analyzers(index: tantivy.Index) -> None:
     index.register_tokenizer(NGRAM_ANALYZER, ngram)
 
 
+def synonym_rules(body: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
+    """(sources, targets) pairs from the synonym filters of an OpenSearch index body; an
+    equivalence line `a, b, c` maps every term to all of them."""
+    filters = body.get("settings", {}).get("analysis", {}).get("filter", {})
+    rules: list[tuple[list[str], list[str]]] = []
+    for spec in filters.values():
+        if spec.get("type") not in ("synonym", "synonym_graph"):
+            continue
+        for line in spec.get("synonyms", []):
+            if "=>" in line:
+                left, right = line.split("=>", 1)
+                targets = [t.strip().lower() for t in right.split(",") if t.strip()]
+                rules.append(([t.strip().lower() for t in left.split(",") if t.strip()], targets))
+            else:
+                terms = [t.strip().lower() for t in line.split(",") if t.strip()]
+                rules.append((terms, terms))
+    return rules
+
+
+def expand_query(query: str, rules: list[tuple[list[str], list[str]]]) -> list[str]:
+    """The query and its synonym variants (OpenSearch applies synonyms at search time; the
+    local engine expands the query instead)."""
+    lowered = f" {' '.join(_WORD.findall(query.lower()))} "
+    variants = [query]
+    for sources, targets in rules:
+        for source in sources:
+            needle = f" {' '.join(_WORD.findall(source))} "
+            if needle.strip() and needle in lowered:
+                for target in targets:
+                    if target != source:
+                        variants.append(lowered.replace(needle, f" {target} ").strip())
+    return list(dict.fromkeys(variants))
+
+
 def ngram_field(name: str) -> str:
     """The tantivy field holding the edge n-grams of text field `name`."""
     return f"{name}__ngram"
@@ -74,9 +127,14 @@ def _schema_from_mapping(properties: Mapping[str, Any]) -> tuple[tantivy.Schema,
         if kind == "text":
             builder.add_text_field(name, tokenizer_name=TEXT_ANALYZER)
             for sub in (spec.get("fields") or {}).values():
-                if "ngram" in str(sub.get("analyzer", "")):
+                analyzer = str(sub.get("analyzer", ""))
+                if "ngram" in analyzer:
                     builder.add_text_field(ngram_field(name), tokenizer_name=NGRAM_ANALYZER)
                     kinds[ngram_field(name)] = "ngram"
+                elif analyzer in LANGUAGE_ANALYZERS:
+                    field = language_field(name, analyzer)
+                    builder.add_text_field(field, tokenizer_name=f"lp_{analyzer}")
+                    kinds[field] = "language"
         elif kind == "keyword":
             builder.add_text_field(name, tokenizer_name="raw", fast=True)
         elif kind in ("integer", "long", "short"):
@@ -102,6 +160,7 @@ class TantivyBackend:
         (root / "indices").mkdir(parents=True, exist_ok=True)
         self._aliases = root / "aliases.json"
         self._open: dict[str, tuple[tantivy.Index, dict[str, str]]] = {}
+        self._synonyms: dict[str, list[tuple[list[str], list[str]]]] = {}
 
     # -- indices ---------------------------------------------------------------------------
     def _dir(self, index: str) -> Path:
@@ -122,7 +181,9 @@ class TantivyBackend:
             path = self._dir(index)
             if not (path / "mapping.json").exists():
                 raise IndexNotFound(index)
-            kinds = json.loads((path / "mapping.json").read_text())["kinds"]
+            stored = json.loads((path / "mapping.json").read_text())
+            kinds = stored["kinds"]
+            self._synonyms[index] = synonym_rules(stored.get("body", {}))
             opened = tantivy.Index.open(str(path))
             _register_analyzers(opened)
             self._open[index] = (opened, kinds)
@@ -145,6 +206,7 @@ class TantivyBackend:
         _register_analyzers(created)
         (path / "mapping.json").write_text(json.dumps({"body": body, "kinds": kinds}))
         self._open[index] = (created, kinds)
+        self._synonyms[index] = synonym_rules(body)
 
     def delete_index(self, index: str) -> None:
         self._open.pop(index, None)
@@ -179,13 +241,16 @@ class TantivyBackend:
         doc.add_text(ID_FIELD, doc_id)
         doc.add_bytes(SOURCE_FIELD, json.dumps(source, default=str).encode())
         for name, kind in kinds.items():
-            if kind == "ngram":
+            if kind in ("ngram", "language"):
                 continue
             value = source.get(name)
             if value is None:
                 continue
             if kind == "text":
                 doc.add_text(name, str(value))
+                for language in LANGUAGE_ANALYZERS:
+                    if language_field(name, language) in kinds:
+                        doc.add_text(language_field(name, language), str(value))
                 if ngram_field(name) in kinds:
                     # one value per word: tantivy's n-gram tokenizer works on a whole value,
                     # so this gives edge n-grams of every word, as OpenSearch's edge_ngram does
@@ -237,19 +302,36 @@ class TantivyBackend:
 
     @staticmethod
     def _query(
-        opened: tantivy.Index, kinds: dict[str, str], query: str, fields: Sequence[str]
+        opened: tantivy.Index,
+        kinds: dict[str, str],
+        query: str,
+        fields: Sequence[str],
+        rules: list[tuple[list[str], list[str]]] | None = None,
     ) -> tantivy.Query:
-        """Full-text match on the text fields OR a word-prefix match on their n-gram fields."""
-        text_fields = [f for f in fields if f in kinds]
-        parsed, _errors = opened.parse_query_lenient(query, text_fields)
-        clauses = [(tantivy.Occur.Should, parsed)]
+        """Full-text match on the text fields OR a word-prefix match on their n-gram fields,
+        for the query and each of its synonym variants."""
+        text_fields = [f for f in fields if f in kinds] + [
+            language_field(f, lang)
+            for f in fields
+            for lang in LANGUAGE_ANALYZERS
+            if language_field(f, lang) in kinds
+        ]
+        clauses = []
         schema = opened.schema
-        for name in fields:
-            if ngram_field(name) not in kinds:
-                continue
-            for word in _words(query):
-                term = tantivy.Query.term_query(schema, ngram_field(name), word[:NGRAM_MAX])
-                clauses.append((tantivy.Occur.Should, term))
+        for variant in expand_query(query, rules or []):
+            parsed, _errors = opened.parse_query_lenient(variant, text_fields)
+            clauses.append((tantivy.Occur.Should, parsed))
+            for name in fields:
+                for word in _words(variant):
+                    if ngram_field(name) in kinds:
+                        term = tantivy.Query.term_query(schema, ngram_field(name), word[:NGRAM_MAX])
+                        clauses.append((tantivy.Occur.Should, term))
+                    if kinds.get(name) == "text" and len(word) >= FUZZY_MIN_LENGTH:
+                        # one edit away, as OpenSearch's fuzziness AUTO for words of 3-5+ letters
+                        fuzzy = tantivy.Query.fuzzy_term_query(
+                            schema, name, word, distance=1, transposition_cost_one=True
+                        )
+                        clauses.append((tantivy.Occur.Should, fuzzy))
         return tantivy.Query.boolean_query(clauses)
 
     def search(
@@ -259,7 +341,7 @@ class TantivyBackend:
         for name in self._resolve(index):
             opened, kinds = self._index(name)
             opened.reload()
-            parsed = self._query(opened, kinds, query, fields)
+            parsed = self._query(opened, kinds, query, fields, self._synonyms.get(name))
             searcher = opened.searcher()
             for score, address in searcher.search(parsed, size).hits:
                 doc = searcher.doc(address)
@@ -267,3 +349,31 @@ class TantivyBackend:
                 hits.append(SearchHit(str(doc.get_first(ID_FIELD)), float(score), source))
         hits.sort(key=lambda hit: hit.score, reverse=True)
         return hits[:size]
+
+    # -- templates, policies, scans ------------------------------------------------------------
+    def put_index_template(self, name: str, body: Mapping[str, Any]) -> None:
+        """Stored for reference (the sync creates indices with an explicit body)."""
+        folder = self.root / "templates"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.json").write_text(json.dumps(body, sort_keys=True))
+
+    def put_lifecycle_policy(self, policy_id: str, body: Mapping[str, Any]) -> None:
+        """Stored only: a local engine has no tiers (old indices are dropped by the sync)."""
+        folder = self.root / "policies"
+        folder.mkdir(exist_ok=True)
+        (folder / f"{policy_id}.json").write_text(json.dumps(body, sort_keys=True))
+
+    def scan_field(self, index: str, field: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self._resolve(index):
+            opened, _ = self._index(name)
+            opened.reload()
+            searcher = opened.searcher()
+            total = int(searcher.num_docs)
+            if total == 0:
+                continue
+            for _score, address in searcher.search(tantivy.Query.all_query(), total).hits:
+                doc = searcher.doc(address)
+                source = json.loads(bytes(doc.get_first(SOURCE_FIELD) or b"{}"))
+                values[str(doc.get_first(ID_FIELD))] = source.get(field)
+        return values

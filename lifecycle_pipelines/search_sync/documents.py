@@ -1,0 +1,119 @@
+"""Product search documents from the shop database, and the commit-safe change window.
+
+A document joins a product with its brand, category and inventory; its version is the latest
+`updated_at` of the four rows, so a change to any of them re-syncs the product. Soft-deleted
+products (`deleted_at` set) are returned with `deleted = true` and removed from the index.
+
+Commit safety: `updated_at` is set by trigger to `now()`, the start time of the writing
+transaction, so a row that commits late carries a time earlier than its commit. The high-water
+mark of a run is therefore bounded by the start of the oldest transaction still open in the
+database (and by a safety lag), and every run re-reads an overlap before its previous mark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+from psycopg.rows import dict_row
+
+DOCUMENT_COLUMNS = (
+    "product_id",
+    "sku",
+    "name",
+    "description",
+    "brand",
+    "category",
+    "price",
+    "currency",
+    "in_stock",
+    "available_quantity",
+    "is_active",
+    "updated_at",
+)
+
+_SELECT = """
+SELECT p.product_id, p.sku, p.name, p.description, b.name AS brand, c.name AS category,
+       p.price::float8 AS price, p.currency::text AS currency,
+       COALESCE(i.quantity - i.reserved, 0) > 0 AS in_stock,
+       GREATEST(COALESCE(i.quantity - i.reserved, 0), 0) AS available_quantity,
+       p.is_active,
+       GREATEST(p.updated_at, b.updated_at, c.updated_at, COALESCE(i.updated_at, p.updated_at))
+           AS updated_at,
+       p.deleted_at IS NOT NULL AS deleted
+FROM products p
+JOIN brands b ON b.brand_id = p.brand_id
+JOIN categories c ON c.category_id = p.category_id
+LEFT JOIN inventory i ON i.product_id = p.product_id
+"""
+
+_CHANGED = (
+    _SELECT
+    + """
+WHERE (p.updated_at >= %(low)s AND p.updated_at < %(high)s)
+   OR (b.updated_at >= %(low)s AND b.updated_at < %(high)s)
+   OR (c.updated_at >= %(low)s AND c.updated_at < %(high)s)
+   OR (i.updated_at >= %(low)s AND i.updated_at < %(high)s)
+ORDER BY p.product_id
+"""
+)
+
+
+def commit_safe_high_water(conn: psycopg.Connection[Any], safety_lag: timedelta) -> datetime:
+    """The latest instant every committed-or-not change before it is visible now: the earlier
+    of `now() - safety_lag` and the start of the oldest other open transaction.
+
+    Seeing other sessions' transaction starts needs the `pg_read_all_stats` role (pg_monitor)
+    on RDS; without it only the safety lag protects late commits.
+    """
+    row = conn.execute(
+        """
+        SELECT LEAST(
+            now() - make_interval(secs => %s),
+            COALESCE((SELECT min(xact_start) FROM pg_stat_activity
+                      WHERE datname = current_database() AND pid <> pg_backend_pid()
+                        AND xact_start IS NOT NULL), 'infinity'))
+        """,
+        (safety_lag.total_seconds(),),
+    ).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def changed_documents(
+    conn: psycopg.Connection[Any], low: datetime, high: datetime, batch_size: int = 5_000
+) -> Iterator[list[dict[str, Any]]]:
+    """Batches of documents whose product, brand, category or stock changed in [low, high)."""
+    with conn.cursor(name="changed_products", row_factory=dict_row) as cur:
+        cur.execute(_CHANGED, {"low": low, "high": high})
+        while batch := cur.fetchmany(batch_size):
+            yield batch
+
+
+def all_documents(
+    conn: psycopg.Connection[Any], batch_size: int = 20_000
+) -> Iterator[pa.RecordBatch]:
+    """Every product document (for a full load), as Arrow batches in product order."""
+    with conn.cursor(name="all_products") as cur:
+        cur.execute(_SELECT + " ORDER BY p.product_id")
+        names = [*DOCUMENT_COLUMNS, "deleted"]
+        while rows := cur.fetchmany(batch_size):
+            columns = list(zip(*rows, strict=True))
+            yield pa.record_batch([pa.array(c) for c in columns], names=names)
+
+
+def source_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """`product_id -> updated_at` (ISO) of every live product: the source side of the
+    primary-key-set comparison and of the reconciliation checksum."""
+    rows = conn.execute(
+        "SELECT p.product_id::text, to_char(GREATEST(p.updated_at, b.updated_at, c.updated_at,"
+        " COALESCE(i.updated_at, p.updated_at)) AT TIME ZONE 'UTC',"
+        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+        " FROM products p JOIN brands b ON b.brand_id = p.brand_id"
+        " JOIN categories c ON c.category_id = p.category_id"
+        " LEFT JOIN inventory i ON i.product_id = p.product_id WHERE p.deleted_at IS NULL"
+    ).fetchall()
+    return dict(rows)
