@@ -55,6 +55,26 @@ def local_stack(stack_dir: Path) -> Iterator[tuple[LocalStack, StackInfo]]:
         os.environ.update(saved)
 
 
+def private_shop(stack: LocalStack, name: str) -> str:
+    """Create (afresh) and seed a shop database of a test package's own, for tests that delete
+    or change source rows; returns its name."""
+    from psycopg import sql
+
+    from lifecycle_pipelines.local.bootstrap import APP_ROLE, BootstrapReport, migrate_shop
+
+    with psycopg.connect(stack.postgres.start().conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(APP_ROLE)
+            )
+        )
+    migrate_shop(stack.app_conninfo(name), BootstrapReport())
+    with psycopg.connect(stack.app_conninfo(name)) as conn:
+        seed_shop(conn, TEST_SIZE)
+    return name
+
+
 @pytest.fixture
 def stack_info(local_stack: tuple[LocalStack, StackInfo]) -> StackInfo:
     return local_stack[1]

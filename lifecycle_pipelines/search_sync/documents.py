@@ -87,7 +87,7 @@ def changed_documents(
     conn: psycopg.Connection[Any], low: datetime, high: datetime, batch_size: int = 5_000
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of documents whose product, brand, category or stock changed in [low, high)."""
-    with conn.cursor(name="changed_products", row_factory=dict_row) as cur:
+    with conn.transaction(), conn.cursor(name="changed_products", row_factory=dict_row) as cur:
         cur.execute(_CHANGED, {"low": low, "high": high})
         while batch := cur.fetchmany(batch_size):
             yield batch
@@ -97,7 +97,7 @@ def all_documents(
     conn: psycopg.Connection[Any], batch_size: int = 20_000
 ) -> Iterator[pa.RecordBatch]:
     """Every product document (for a full load), as Arrow batches in product order."""
-    with conn.cursor(name="all_products") as cur:
+    with conn.transaction(), conn.cursor(name="all_products") as cur:
         cur.execute(_SELECT + " ORDER BY p.product_id")
         names = [*DOCUMENT_COLUMNS, "deleted"]
         while rows := cur.fetchmany(batch_size):

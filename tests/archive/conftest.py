@@ -24,11 +24,9 @@ from lifecycle_pipelines.archive.reader import download, read_parquet, request_r
 from lifecycle_pipelines.archive.stats import ReconStats, source_stats, table_stats
 from lifecycle_pipelines.assets.archive import archive_month_assets
 from lifecycle_pipelines.environments import resources_for
-from lifecycle_pipelines.local.bootstrap import APP_ROLE, BootstrapReport, migrate_shop
-from lifecycle_pipelines.local.seed import seed_shop
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import PostgresResource
-from tests.conftest import TEST_SIZE
+from tests.conftest import private_shop
 
 ARCHIVE_SHOP_DB = "shop_archive_tests"
 
@@ -36,19 +34,7 @@ ARCHIVE_SHOP_DB = "shop_archive_tests"
 @pytest.fixture(scope="session")
 def archive_shop(local_stack: tuple[LocalStack, StackInfo]) -> str:
     """A freshly seeded shop database of the archive tests' own."""
-    stack, _ = local_stack
-    admin = stack.postgres.start().conninfo()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(ARCHIVE_SHOP_DB)))
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(ARCHIVE_SHOP_DB), sql.Identifier(APP_ROLE)
-            )
-        )
-    migrate_shop(stack.app_conninfo(ARCHIVE_SHOP_DB), BootstrapReport())
-    with psycopg.connect(stack.app_conninfo(ARCHIVE_SHOP_DB)) as conn:
-        seed_shop(conn, TEST_SIZE)
-    return ARCHIVE_SHOP_DB
+    return private_shop(local_stack[0], ARCHIVE_SHOP_DB)
 
 
 @pytest.fixture

@@ -1,0 +1,125 @@
+"""The product sync against the embedded PostgreSQL and the local engine."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from lifecycle_pipelines.search_sync.sync import ReconciliationError
+from tests.search_sync.conftest import make_sync
+
+NOV, DEC = date(2026, 11, 20), date(2026, 12, 2)
+
+
+def _live(shop_conn: Any) -> int:
+    row = shop_conn.execute("SELECT count(*) FROM products WHERE deleted_at IS NULL").fetchone()
+    return int(row[0])
+
+
+def _names(engine: Any, query: str) -> list[str]:
+    return [h.source["name"] for h in engine.search("catalog-products", query, ["name"], size=3)]
+
+
+def test_first_run_builds_the_month_index_behind_the_alias(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    report = make_sync(engine, shop_conn, control_conn).run(NOV)
+    assert report.rotated and report.index == "catalog-products-2026-11"
+    assert engine.alias_targets("catalog-products") == ["catalog-products-2026-11"]
+    assert report.reconciliation is not None and report.reconciliation.matches
+    assert engine.count("catalog-products") == _live(shop_conn)
+
+
+def test_changes_soft_and_hard_deletes_propagate(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn, safety_lag=timedelta(0))
+    sync.run(NOV)
+    renamed = shop_conn.execute(
+        "UPDATE products SET name = 'Quixotic Zeppelin Lamp' WHERE product_id = ("
+        "SELECT min(product_id) FROM products WHERE deleted_at IS NULL) RETURNING product_id"
+    ).fetchone()[0]
+    soft = shop_conn.execute(
+        "UPDATE products SET deleted_at = now() WHERE product_id = ("
+        "SELECT max(product_id) FROM products WHERE deleted_at IS NULL) RETURNING product_id"
+    ).fetchone()[0]
+    hard = shop_conn.execute(
+        "INSERT INTO products (sku, name, brand_id, category_id, price) SELECT 'HARD-1',"
+        " 'Ephemeral Widget', brand_id, category_id, 9.99 FROM products LIMIT 1"
+        " RETURNING product_id"
+    ).fetchone()[0]
+    sync.run(NOV)
+    assert _names(engine, "Ephemeral Widget")[0] == "Ephemeral Widget"
+    shop_conn.execute("DELETE FROM products WHERE product_id = %s", (hard,))
+
+    report = sync.run(NOV)
+
+    assert not report.rotated
+    assert _names(engine, "zeppelin")[0] == "Quixotic Zeppelin Lamp"
+    ids = set(engine.scan_field("catalog-products", "updated_at"))
+    assert str(renamed) in ids and str(soft) not in ids and str(hard) not in ids
+    assert report.hard_deleted == 1
+    assert report.reconciliation is not None and report.reconciliation.matches
+
+
+def test_a_late_committing_update_is_synced_on_the_next_run(
+    engine: Any, shop_conn: Any, control_conn: Any, local_stack: Any
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn, safety_lag=timedelta(0), overlap=timedelta(0))
+    sync.run(NOV)
+    product = shop_conn.execute("SELECT min(product_id) FROM products").fetchone()[0]
+    with psycopg.connect(local_stack[0].app_conninfo("shop_search_tests")) as late:
+        late.execute("SELECT 1")  # the transaction (and its now()) starts here
+        shop_conn.execute("SELECT pg_sleep(0.01)")
+        late.execute(
+            "UPDATE products SET name = 'Late Committed Kettle' WHERE product_id = %s",
+            (product,),
+        )
+        first = sync.run(NOV)  # the update is not committed yet
+        assert first.high is not None
+        late.commit()
+    sync.run(NOV)
+    assert _names(engine, "late committed kettle")[0] == "Late Committed Kettle"
+
+
+def test_a_failed_reconciliation_leaves_the_alias_on_the_old_index(
+    engine: Any, shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn)
+    sync.run(NOV)
+    real = engine.bulk_upsert
+
+    def lose_one(index: str, docs: Any) -> Any:
+        docs = list(docs)
+        return real(index, docs[1:] if index.endswith("2026-12") else docs)
+
+    monkeypatch.setattr(engine, "bulk_upsert", lose_one)
+    with pytest.raises(ReconciliationError, match="missing") as failure:
+        sync.run(DEC)
+    assert "alias catalog-products left on ['catalog-products-2026-11']" in str(failure.value)
+    assert engine.alias_targets("catalog-products") == ["catalog-products-2026-11"]
+
+    monkeypatch.undo()
+    report = sync.run(DEC)
+    assert report.rotated
+    assert engine.alias_targets("catalog-products") == ["catalog-products-2026-12"]
+
+
+def test_tombstones_are_replayed_into_a_new_index(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn)
+    victim = shop_conn.execute(
+        "SELECT min(product_id)::text FROM products WHERE deleted_at IS NULL"
+    ).fetchone()[0]
+    control_conn.execute(
+        "INSERT INTO lifecycle.search_tombstones (alias, doc_id, reason) VALUES"
+        " ('catalog-products', %s, 'test')",
+        (victim,),
+    )
+    report = sync.run(NOV)
+    assert report.tombstones_replayed == 1
+    assert victim not in engine.scan_field("catalog-products", "updated_at")
