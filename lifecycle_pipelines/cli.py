@@ -6,6 +6,7 @@ lifecycle dev [--port 3000]   # a fresh seeded stack + the Dagster UI; Ctrl-C st
 lifecycle seed [--replace] [--users N ...]
 lifecycle env                 # the stack's settings as `export` lines
 lifecycle policy check [FILE]
+lifecycle search "QUERY"      # top hits from the configured search backend
 lifecycle archive query "SQL" # DuckDB over readable archive objects (personal data decrypted
                               # only for subjects whose key exists)
 """
@@ -170,6 +171,26 @@ def cmd_archive_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.search_sync.index_config import alias_name
+    from lifecycle_pipelines.search_sync.sync import SEARCH_FIELDS
+
+    with _stack_resources(args) as resources:
+        hits = resources.search.get_backend().search(
+            alias_name(), args.query, list(SEARCH_FIELDS), size=args.size
+        )
+    for hit in hits:
+        source = hit.source
+        _out(
+            f"{hit.score:7.3f}  {hit.doc_id:>8}  {source.get('name', '')}  "
+            f"[{source.get('brand', '')}, {source.get('category', '')}]  "
+            f"{source.get('price', '')} {source.get('currency', '')}"
+        )
+    if not hits:
+        _out("(no hits)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lifecycle` command."""
     parser = argparse.ArgumentParser(
@@ -212,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = policy_sub.add_parser("check", help="validate a retention policy file")
     check.add_argument("file", type=Path, nargs="?", default=None)
     check.set_defaults(func=cmd_policy_check)
+
+    search = sub.add_parser("search", help="search products with the configured backend")
+    search.add_argument("query")
+    search.add_argument("--size", type=int, default=10, help="hits to print")
+    search.set_defaults(func=cmd_search)
 
     archive = sub.add_parser("archive", help="archive tools")
     archive_sub = archive.add_subparsers(dest="archive_command", required=True)

@@ -9,6 +9,7 @@ from lifecycle_pipelines.assets.archive import (
     archive_retention_expiry,
 )
 from lifecycle_pipelines.assets.platform import storage_layout_audit
+from lifecycle_pipelines.assets.search_sync import search_products
 from lifecycle_pipelines.environments import current_environment, resources_for
 from lifecycle_pipelines.schedules import storage_layout_audit_daily, storage_layout_audit_job
 from lifecycle_pipelines.schedules.archive import (
@@ -20,6 +21,7 @@ from lifecycle_pipelines.schedules.archive import (
     restore_verification_job,
     retention_expiry_job,
 )
+from lifecycle_pipelines.schedules.search_sync import search_products_daily, search_sync_job
 
 archive_jobs, archive_schedules = archive_jobs_and_schedules()
 
@@ -30,6 +32,7 @@ defs = dg.Definitions(
         archive_restore_requests,
         archive_restore_verification,
         archive_retention_expiry,
+        search_products,
     ],
     jobs=[
         storage_layout_audit_job,
@@ -37,12 +40,14 @@ defs = dg.Definitions(
         restore_request_job,
         restore_verification_job,
         retention_expiry_job,
+        search_sync_job,
     ],
     schedules=[
         storage_layout_audit_daily,
         *archive_schedules,
         archive_restore_quarterly,
         archive_retention_expiry_daily,
+        search_products_daily,
     ],
     sensors=[archive_restore_sensor],
     resources=resources_for(current_environment()),

@@ -158,7 +158,7 @@ class MonthArchiver:
         shop: PostgresResource,
         control: PostgresResource,
         s3: S3Resource,
-        max_rows_per_object: int = 1_000_000,
+        max_rows_per_object: int = 500_000,
         staging_dir: Path | None = None,
         run_id: str | None = None,
         logger: logging.Logger | Any = log,

@@ -1,6 +1,8 @@
 """Schedules and sensors, one per cadence. `asset_schedule` builds the job and the schedule of
 an unpartitioned asset in one place."""
 
+from __future__ import annotations
+
 import dagster as dg
 
 

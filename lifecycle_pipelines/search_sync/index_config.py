@@ -55,8 +55,10 @@ def _terms(text: str, path: Path, number: int) -> tuple[str, ...]:
     return terms
 
 
-def load_synonyms(path: Path = SYNONYMS_FILE) -> list[SynonymRule]:
-    """Parse a Solr-format synonyms file; SynonymsError names the first bad line."""
+def load_synonyms(path: Path | None = None) -> list[SynonymRule]:
+    """Parse a Solr-format synonyms file (default `synonyms.txt` beside this module);
+    SynonymsError names the first bad line."""
+    path = path or SYNONYMS_FILE
     rules: list[SynonymRule] = []
     for number, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()

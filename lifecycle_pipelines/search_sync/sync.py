@@ -45,6 +45,7 @@ from lifecycle_pipelines.search_sync.index_config import (
 
 log = logging.getLogger(__name__)
 SEARCH_FIELDS = ("name", "description", "brand", "category")
+SAMPLE_DOCUMENTS = 50_000  # documents kept per run for the schema and completeness checks
 
 
 class ReconciliationError(RuntimeError):
@@ -102,15 +103,19 @@ class SyncReport:
     high: datetime | None = None
     reconciliation: Reconciliation | None = None
     seconds: float = 0.0
+    index_versions: dict[str, Any] = field(default_factory=dict, repr=False)
+    source_versions: dict[str, str] = field(default_factory=dict, repr=False)
+    sample: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def version_hash(doc_id: str, version: Any) -> int:
+    """A 40-bit hash of one (id, updated_at) pair; sums of up to 2^23 of them fit in int64."""
+    return int.from_bytes(hashlib.sha256(f"{doc_id}|{version}".encode()).digest()[:5], "big")
 
 
 def version_checksum(versions: dict[str, Any]) -> str:
-    """Order-independent checksum of (id, updated_at) pairs: XOR of their SHA-256 digests."""
-    acc = 0
-    for doc_id, version in versions.items():
-        digest = hashlib.sha256(f"{doc_id}|{version}".encode()).digest()
-        acc ^= int.from_bytes(digest, "big")
-    return f"{acc:064x}"
+    """Order-independent checksum of (id, updated_at) pairs: the sum of their hashes."""
+    return str(sum(version_hash(doc_id, version) for doc_id, version in versions.items()))
 
 
 def reconcile(source: dict[str, str], index: dict[str, Any]) -> Reconciliation:
@@ -204,7 +209,10 @@ class ProductSync:
             (gone if row["deleted"] else live).append(row)
         errors = []
         if live:
-            outcome = self._upsert(index, [to_document(r) for r in live])
+            docs = [to_document(r) for r in live]
+            room = SAMPLE_DOCUMENTS - len(report.sample)
+            report.sample.extend(doc for _, doc in docs[: max(room, 0)])
+            outcome = self._upsert(index, docs)
             report.upserted += outcome.written
             report.retries += outcome.retries
             errors.extend(outcome.errors)
@@ -251,7 +259,9 @@ class ProductSync:
             report.tombstones_replayed = len(replay)
         self.backend.refresh(index)
         source = {k: v for k, v in source_versions(self.shop).items() if k not in set(replay)}
-        report.reconciliation = reconcile(source, self.backend.scan_field(index, "updated_at"))
+        report.source_versions = source
+        report.index_versions = self.backend.scan_field(index, "updated_at")
+        report.reconciliation = reconcile(source, report.index_versions)
         if not report.reconciliation.matches:
             raise ReconciliationError(
                 f"{index} does not match the source; alias {self.alias} left on "
@@ -284,6 +294,9 @@ class ProductSync:
                 raise BulkFailure(outcome.errors)
             report.hard_deleted = len(gone)
         self.backend.refresh(index)
-        report.reconciliation = reconcile(source, self.backend.scan_field(index, "updated_at"))
+        tombstoned = set(self.tombstones())
+        report.source_versions = {k: v for k, v in source.items() if k not in tombstoned}
+        report.index_versions = self.backend.scan_field(index, "updated_at")
+        report.reconciliation = reconcile(report.source_versions, report.index_versions)
         self._save_state(index, report.high)
         return report

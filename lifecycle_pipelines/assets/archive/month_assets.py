@@ -35,7 +35,7 @@ CHECK_DESCRIPTIONS = {
 class ArchiveConfig(dg.Config):
     """Run configuration of an archive asset."""
 
-    max_rows_per_object: int = 1_000_000
+    max_rows_per_object: int = 500_000
     staging_dir: str | None = None
 
 

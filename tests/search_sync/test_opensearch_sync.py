@@ -1,0 +1,125 @@
+"""The OpenSearch side of the sync over real HTTP: the exact template and ISM bodies, and bulk
+items throttled with 429 retried while refused ones fail the write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from lifecycle_pipelines.resources.search.opensearch import OpenSearchBackend
+from lifecycle_pipelines.search_sync.bulk import BulkFailure, bulk_with_retry
+from lifecycle_pipelines.search_sync.index_config import (
+    ISM_POLICY_ID,
+    index_template,
+    ism_policy,
+    load_synonyms,
+)
+
+
+def _backend(httpserver: HTTPServer) -> OpenSearchBackend:
+    return OpenSearchBackend.connect(httpserver.url_for("/").rstrip("/"), max_retries=0)
+
+
+def test_template_and_ism_policy_bodies(httpserver: HTTPServer) -> None:
+    bodies: dict[str, object] = {}
+
+    def record(request: Request) -> Response:
+        bodies[f"{request.method} {request.path}"] = json.loads(request.get_data(as_text=True))
+        return Response('{"acknowledged": true}', content_type="application/json")
+
+    policy_path = f"/_plugins/_ism/policies/{ISM_POLICY_ID}"
+    httpserver.expect_request(policy_path, method="GET").respond_with_json(
+        {"_seq_no": 7, "_primary_term": 2, "policy": {}}
+    )
+    httpserver.expect_request(policy_path, method="PUT").respond_with_handler(record)
+    httpserver.expect_request(
+        "/_index_template/catalog-products", method="PUT"
+    ).respond_with_handler(record)
+    backend = _backend(httpserver)
+    rules = load_synonyms()
+    backend.put_lifecycle_policy(ISM_POLICY_ID, ism_policy())
+    backend.put_index_template("catalog-products", index_template(rules))
+
+    assert bodies[f"PUT {policy_path}"] == ism_policy()
+    put_policy = next(r for r, _ in httpserver.log if r.method == "PUT" and r.path == policy_path)
+    assert dict(put_policy.args) == {"if_seq_no": "7", "if_primary_term": "2"}
+    template = bodies["PUT /_index_template/catalog-products"]
+    assert template == index_template(rules)
+    assert template["template"]["mappings"]["dynamic"] == "strict"  # type: ignore[index]
+
+
+def test_throttled_items_are_retried_and_refused_ones_reported(httpserver: HTTPServer) -> None:
+    responses = iter(
+        [
+            {
+                "errors": True,
+                "items": [
+                    {"index": {"_id": "1", "status": 201}},
+                    {
+                        "index": {
+                            "_id": "2",
+                            "status": 429,
+                            "error": {"type": "es_rejected_execution_exception"},
+                        }
+                    },
+                    {
+                        "index": {
+                            "_id": "3",
+                            "status": 400,
+                            "error": {"type": "mapper_parsing_exception"},
+                        }
+                    },
+                ],
+            },
+            {"errors": False, "items": [{"index": {"_id": "2", "status": 201}}]},
+        ]
+    )
+    sent: list[list[str]] = []
+
+    def bulk(request: Request) -> Response:
+        lines = [json.loads(line) for line in request.get_data(as_text=True).splitlines()]
+        sent.append([line["index"]["_id"] for line in lines if "index" in line])
+        return Response(json.dumps(next(responses)), content_type="application/json")
+
+    httpserver.expect_request("/_bulk", method="POST").respond_with_handler(bulk)
+    backend = _backend(httpserver)
+    docs = [(str(i), {"product_id": i}) for i in (1, 2, 3)]
+    waits: list[float] = []
+    outcome = bulk_with_retry(
+        lambda items: backend.bulk_upsert("catalog-products-2026-11", items),
+        docs,
+        lambda item: item[0],
+        sleep=waits.append,
+    )
+    assert sent == [["1", "2", "3"], ["2"]]
+    assert outcome.written == 2 and outcome.retries == 1 and waits == [0.5]
+    assert [(e.doc_id, e.status) for e in outcome.errors] == [("3", 400)]
+    with pytest.raises(BulkFailure, match="3: 400 mapper_parsing_exception"):
+        raise BulkFailure(outcome.errors)
+
+
+def test_a_throttled_request_is_retried_with_backoff(httpserver: HTTPServer) -> None:
+    calls = {"n": 0}
+
+    def bulk(request: Request) -> Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return Response('{"error": "too many requests"}', status=429)
+        return Response(
+            json.dumps({"errors": False, "items": [{"index": {"_id": "1", "status": 200}}]}),
+            content_type="application/json",
+        )
+
+    httpserver.expect_request("/_bulk", method="POST").respond_with_handler(bulk)
+    backend = _backend(httpserver)
+    waits: list[float] = []
+    outcome = bulk_with_retry(
+        lambda items: backend.bulk_upsert("i", items),
+        [("1", {})],
+        lambda i: i[0],
+        sleep=waits.append,
+    )
+    assert outcome.written == 1 and waits == [0.5]
