@@ -169,13 +169,14 @@ def test_a_failed_reconciliation_blocks_the_purge(
 ) -> None:
     month = date(2023, 12, 1)
     before = orders_stats(shop_conn, month)
-    real_stats = archiver.source_stats
+    real_stats = archiver.parts_source_stats
 
     def one_row_too_many(*args: Any, **kwargs: Any) -> Any:
         stats = real_stats(*args, **kwargs)
-        return replace(stats, rows=stats.rows + 1)
+        first = replace(stats.parts[0], rows=stats.parts[0].rows + 1)
+        return replace(stats, parts=[first, *stats.parts[1:]])
 
-    monkeypatch.setattr(archiver, "source_stats", one_row_too_many)
+    monkeypatch.setattr(archiver, "parts_source_stats", one_row_too_many)
     result = materialize(assets_of("orders"), month.isoformat())
 
     assert not result.success
