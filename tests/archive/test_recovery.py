@@ -167,7 +167,7 @@ def test_purge_refuses_an_unverified_partition(shop_conn: Any) -> None:
 def test_a_failed_reconciliation_blocks_the_purge(
     shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    month = date(2023, 12, 1)
+    month = date(2024, 1, 1)
     before = orders_stats(shop_conn, month)
     real_stats = archiver.parts_source_stats
 
