@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
-import pyarrow as pa
 from psycopg.rows import dict_row
 
 DOCUMENT_COLUMNS = (
@@ -95,14 +94,12 @@ def changed_documents(
 
 def all_documents(
     conn: psycopg.Connection[Any], batch_size: int = 20_000
-) -> Iterator[pa.RecordBatch]:
-    """Every product document (for a full load), as Arrow batches in product order."""
-    with conn.transaction(), conn.cursor(name="all_products") as cur:
+) -> Iterator[list[dict[str, Any]]]:
+    """Every product document (for a full load), in batches in product order."""
+    with conn.transaction(), conn.cursor(name="all_products", row_factory=dict_row) as cur:
         cur.execute(_SELECT + " ORDER BY p.product_id")
-        names = [*DOCUMENT_COLUMNS, "deleted"]
-        while rows := cur.fetchmany(batch_size):
-            columns = list(zip(*rows, strict=True))
-            yield pa.record_batch([pa.array(c) for c in columns], names=names)
+        while batch := cur.fetchmany(batch_size):
+            yield batch
 
 
 def source_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:

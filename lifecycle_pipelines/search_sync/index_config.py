@@ -5,8 +5,8 @@ Indices are named `{service}-{entity}-{YYYY-MM}` (e.g. `catalog-products-2026-11
 through the alias `{service}-{entity}`. The template carries:
 - a synonym_graph filter from `synonyms.txt` (validated here: a malformed line is an error that
   names the file and the line, raised before any index is touched);
-- an edge n-gram analyzer (2-15 characters per word) for partial matching, used at index time
-  only, with the standard analyzer at search time;
+- an edge n-gram analyzer (2-15 characters per word) on product names for partial matching,
+  used at index time only, with the standard analyzer at search time;
 - English and German analyzers (stemming, stop words) as sub-fields of name and description;
 - `dynamic: strict` mappings, so a document with an unexpected field is refused.
 """
@@ -87,15 +87,23 @@ def alias_name(service: str = SERVICE, entity: str = ENTITY) -> str:
     return f"{service}-{entity}"
 
 
-def _text_field() -> dict[str, Any]:
+def _text_field(partial_matching: bool) -> dict[str, Any]:
+    """A text field with language sub-fields, and an n-gram sub-field when partial matching is
+    wanted (names: yes; long descriptions: no, their grams would dominate the index)."""
+    fields: dict[str, Any] = {
+        code: {"type": "text", "analyzer": lang} for code, lang in LANGUAGES.items()
+    }
+    if partial_matching:
+        fields["ngram"] = {
+            "type": "text",
+            "analyzer": "product_ngram",
+            "search_analyzer": "standard",
+        }
     return {
         "type": "text",
         "analyzer": "product_text",
         "search_analyzer": "product_search",
-        "fields": {
-            "ngram": {"type": "text", "analyzer": "product_ngram", "search_analyzer": "standard"},
-            **{code: {"type": "text", "analyzer": lang} for code, lang in LANGUAGES.items()},
-        },
+        "fields": fields,
     }
 
 
@@ -106,8 +114,8 @@ def mappings() -> dict[str, Any]:
         "properties": {
             "product_id": {"type": "long"},
             "sku": {"type": "keyword"},
-            "name": _text_field(),
-            "description": _text_field(),
+            "name": _text_field(partial_matching=True),
+            "description": _text_field(partial_matching=False),
             "brand": {"type": "keyword"},
             "category": {"type": "keyword"},
             "price": {"type": "scaled_float", "scaling_factor": 100},

@@ -250,8 +250,8 @@ class ProductSync:
         report.high = commit_safe_high_water(self.shop, self.settings.safety_lag)
         loaded = 0
         for batch in all_documents(self.shop, self.settings.batch_size):
-            self._write(report, index, batch.to_pylist())
-            loaded += batch.num_rows
+            self._write(report, index, batch)
+            loaded += len(batch)
             self.log.debug(f"{index}: {loaded} products loaded")
         replay = self.tombstones()
         if replay:

@@ -133,7 +133,7 @@ class OpenSearchBackend:
     def search(
         self, index: str, query: str, fields: Sequence[str], size: int = 10
     ) -> list[SearchHit]:
-        searched = [*fields, *(f"{f}.ngram" for f in fields)]
+        searched = [*fields, *(f"{f}.ngram" for f in fields if f == "name")]
         body = {
             "size": size,
             "query": {"multi_match": {"query": query, "fields": searched, "fuzziness": "AUTO"}},

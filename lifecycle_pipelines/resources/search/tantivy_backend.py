@@ -8,6 +8,7 @@ replaced atomically. Custom tokenizers are registered again every time an index 
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -21,10 +22,16 @@ from typing import Any
 
 import tantivy
 
-from lifecycle_pipelines.resources.search.base import BulkResult, IndexNotFound, SearchHit
+from lifecycle_pipelines.resources.search.base import (
+    BulkItemError,
+    BulkResult,
+    IndexNotFound,
+    SearchHit,
+)
 
 TEXT_ANALYZER = "lp_text"
-NGRAM_ANALYZER = "lp_edge_ngram"
+NGRAM_ANALYZER = "lp_edge_ngram"  # indices built before precomputed grams
+GRAMS_ANALYZER = "lp_grams"
 ID_FIELD = "_id"
 SOURCE_FIELD = "_source"
 _VALID_INDEX = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -37,9 +44,18 @@ _WORD = re.compile(r"\w+")
 
 def _words(text: str) -> list[str]:
     """Lower-cased, accent-folded words of `text` (the n-gram analyzer's normalisation)."""
-    folded = unicodedata.normalize("NFKD", text.lower())
-    plain = "".join(ch for ch in folded if not unicodedata.combining(ch))
-    return [w for w in _WORD.findall(plain) if len(w) >= NGRAM_MIN]
+    folded = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+    return [w for w in _WORD.findall(folded) if len(w) >= NGRAM_MIN]
+
+
+def edge_grams(text: str) -> str:
+    """Every word's edge n-grams (2-15 characters), space-separated: what OpenSearch's
+    edge_ngram filter emits, built once in Python and indexed with a whitespace tokenizer."""
+    return " ".join(
+        word[:size]
+        for word in _words(text)
+        for size in range(NGRAM_MIN, min(len(word), NGRAM_MAX) + 1)
+    )
 
 
 LANGUAGE_ANALYZERS = ("english", "german", "french", "spanish", "italian", "dutch")
@@ -76,6 +92,9 @@ def _register_analyzers(index: tantivy.Index) -> None:
     )
     index.register_tokenizer(TEXT_ANALYZER, text)
     index.register_tokenizer(NGRAM_ANALYZER, ngram)
+    index.register_tokenizer(
+        GRAMS_ANALYZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
+    )
 
 
 def synonym_rules(body: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
@@ -129,7 +148,7 @@ def _schema_from_mapping(properties: Mapping[str, Any]) -> tuple[tantivy.Schema,
             for sub in (spec.get("fields") or {}).values():
                 analyzer = str(sub.get("analyzer", ""))
                 if "ngram" in analyzer:
-                    builder.add_text_field(ngram_field(name), tokenizer_name=NGRAM_ANALYZER)
+                    builder.add_text_field(ngram_field(name), tokenizer_name=GRAMS_ANALYZER)
                     kinds[ngram_field(name)] = "ngram"
                 elif analyzer in LANGUAGE_ANALYZERS:
                     field = language_field(name, analyzer)
@@ -161,6 +180,7 @@ class TantivyBackend:
         self._aliases = root / "aliases.json"
         self._open: dict[str, tuple[tantivy.Index, dict[str, str]]] = {}
         self._synonyms: dict[str, list[tuple[list[str], list[str]]]] = {}
+        self._properties: dict[str, set[str]] = {}
 
     # -- indices ---------------------------------------------------------------------------
     def _dir(self, index: str) -> Path:
@@ -184,6 +204,9 @@ class TantivyBackend:
             stored = json.loads((path / "mapping.json").read_text())
             kinds = stored["kinds"]
             self._synonyms[index] = synonym_rules(stored.get("body", {}))
+            self._properties[index] = set(
+                stored.get("body", {}).get("mappings", {}).get("properties", {})
+            )
             opened = tantivy.Index.open(str(path))
             _register_analyzers(opened)
             self._open[index] = (opened, kinds)
@@ -207,6 +230,7 @@ class TantivyBackend:
         (path / "mapping.json").write_text(json.dumps({"body": body, "kinds": kinds}))
         self._open[index] = (created, kinds)
         self._synonyms[index] = synonym_rules(body)
+        self._properties[index] = set(properties)
 
     def delete_index(self, index: str) -> None:
         self._open.pop(index, None)
@@ -236,10 +260,12 @@ class TantivyBackend:
             aliases[alias] = [new_index]
 
     # -- documents -------------------------------------------------------------------------
-    def _document(self, doc_id: str, source: Mapping[str, Any], kinds: dict[str, str]) -> Any:
-        doc = tantivy.Document()
-        doc.add_text(ID_FIELD, doc_id)
-        doc.add_bytes(SOURCE_FIELD, json.dumps(source, default=str).encode())
+    def _document(self, doc_id: str, source: Mapping[str, Any], kinds: dict[str, str]) -> str:
+        """The tantivy JSON document of one source document (one call into tantivy per doc)."""
+        doc: dict[str, Any] = {
+            ID_FIELD: doc_id,
+            SOURCE_FIELD: base64.b64encode(json.dumps(source, default=str).encode()).decode(),
+        }
         for name, kind in kinds.items():
             if kind in ("ngram", "language"):
                 continue
@@ -247,33 +273,46 @@ class TantivyBackend:
             if value is None:
                 continue
             if kind == "text":
-                doc.add_text(name, str(value))
+                text = str(value)
+                doc[name] = text
                 for language in LANGUAGE_ANALYZERS:
                     if language_field(name, language) in kinds:
-                        doc.add_text(language_field(name, language), str(value))
+                        doc[language_field(name, language)] = text
                 if ngram_field(name) in kinds:
-                    # one value per word: tantivy's n-gram tokenizer works on a whole value,
-                    # so this gives edge n-grams of every word, as OpenSearch's edge_ngram does
-                    for word in _words(str(value)):
-                        doc.add_text(ngram_field(name), word)
+                    doc[ngram_field(name)] = edge_grams(text)
             elif kind == "keyword":
-                for item in value if isinstance(value, list) else [value]:
-                    doc.add_text(name, str(item))
+                doc[name] = [str(v) for v in value] if isinstance(value, list) else str(value)
             elif kind in ("integer", "long", "short"):
-                doc.add_integer(name, int(value))
+                doc[name] = int(value)
             elif kind in ("float", "double", "scaled_float", "half_float"):
-                doc.add_float(name, float(value))
+                doc[name] = float(value)
             elif kind == "boolean":
-                doc.add_boolean(name, bool(value))
-        return doc
+                doc[name] = bool(value)
+            elif kind == "date":
+                doc[name] = str(value)
+        return json.dumps(doc)
 
     def bulk_upsert(self, index: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> BulkResult:
+        """Replace documents; like OpenSearch with `dynamic: strict`, a document with a field
+        the mapping does not know, or a value of the wrong type, is refused on its own (400)."""
         opened, kinds = self._index(index)
+        known = self._properties.get(index)
         writer = opened.writer(self.writer_heap)
         result = BulkResult()
         for doc_id, source in docs:
-            writer.delete_documents_by_term(ID_FIELD, doc_id)
-            writer.add_document(self._document(doc_id, source, kinds))
+            unknown = sorted(set(source) - known) if known is not None else []
+            if unknown:
+                result.errors.append(
+                    BulkItemError(doc_id, 400, f"strict_dynamic_mapping_exception: {unknown}")
+                )
+                continue
+            try:
+                document = self._document(doc_id, source, kinds)
+                writer.delete_documents_by_term(ID_FIELD, doc_id)
+                writer.add_json(document)
+            except ValueError as err:
+                result.errors.append(BulkItemError(doc_id, 400, f"mapper_parsing_exception: {err}"))
+                continue
             result.indexed += 1
         writer.commit()
         writer.wait_merging_threads()
