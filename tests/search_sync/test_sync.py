@@ -123,3 +123,23 @@ def test_tombstones_are_replayed_into_a_new_index(
     report = sync.run(NOV)
     assert report.tombstones_replayed == 1
     assert victim not in engine.scan_field("catalog-products", "updated_at")
+
+
+def test_a_mapping_conflict_fails_the_rotation_and_leaves_the_alias(
+    engine: Any, shop_conn: Any, control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle_pipelines.search_sync import index_config
+    from lifecycle_pipelines.search_sync import sync as sync_module
+    from lifecycle_pipelines.search_sync.bulk import BulkFailure
+
+    make_sync(engine, shop_conn, control_conn).run(NOV)
+    narrow = index_config.mappings()
+    del narrow["properties"]["currency"]
+
+    def body_without_currency(rules: Any) -> dict[str, Any]:
+        return {"settings": index_config.settings(rules), "mappings": narrow}
+
+    monkeypatch.setattr(sync_module, "index_body", body_without_currency)
+    with pytest.raises(BulkFailure, match="strict_dynamic_mapping_exception"):
+        make_sync(engine, shop_conn, control_conn).run(DEC)
+    assert engine.alias_targets("catalog-products") == ["catalog-products-2026-11"]
