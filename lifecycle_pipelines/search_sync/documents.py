@@ -40,8 +40,9 @@ SELECT p.product_id, p.sku, p.name, p.description, b.name AS brand, c.name AS ca
        COALESCE(i.quantity - i.reserved, 0) > 0 AS in_stock,
        GREATEST(COALESCE(i.quantity - i.reserved, 0), 0) AS available_quantity,
        p.is_active,
-       GREATEST(p.updated_at, b.updated_at, c.updated_at, COALESCE(i.updated_at, p.updated_at))
-           AS updated_at,
+       to_char(GREATEST(p.updated_at, b.updated_at, c.updated_at,
+                        COALESCE(i.updated_at, p.updated_at)) AT TIME ZONE 'UTC',
+               'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at,
        p.deleted_at IS NOT NULL AS deleted
 FROM products p
 JOIN brands b ON b.brand_id = p.brand_id
@@ -102,15 +103,21 @@ def all_documents(
             yield batch
 
 
-def source_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    """`product_id -> updated_at` (ISO) of every live product: the source side of the
+VERSIONS_SQL = (
+    "SELECT p.product_id, to_char(GREATEST(p.updated_at, b.updated_at, c.updated_at,"
+    " COALESCE(i.updated_at, p.updated_at)) AT TIME ZONE 'UTC',"
+    ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+    " FROM products p JOIN brands b ON b.brand_id = p.brand_id"
+    " JOIN categories c ON c.category_id = p.category_id"
+    " LEFT JOIN inventory i ON i.product_id = p.product_id WHERE p.deleted_at IS NULL"
+)
+
+
+def source_versions(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, str]]:
+    """(product_id, updated_at ISO) of every live product, streamed: the source side of the
     primary-key-set comparison and of the reconciliation checksum."""
-    rows = conn.execute(
-        "SELECT p.product_id::text, to_char(GREATEST(p.updated_at, b.updated_at, c.updated_at,"
-        " COALESCE(i.updated_at, p.updated_at)) AT TIME ZONE 'UTC',"
-        ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
-        " FROM products p JOIN brands b ON b.brand_id = p.brand_id"
-        " JOIN categories c ON c.category_id = p.category_id"
-        " LEFT JOIN inventory i ON i.product_id = p.product_id WHERE p.deleted_at IS NULL"
-    ).fetchall()
-    return dict(rows)
+    with conn.transaction(), conn.cursor(name="product_versions") as cur:
+        cur.execute(VERSIONS_SQL)
+        while rows := cur.fetchmany(50_000):
+            for pk, version in rows:
+                yield str(pk), version

@@ -6,18 +6,19 @@ from __future__ import annotations
 import pandas as pd
 
 from lifecycle_pipelines.checks.gx import CheckOutcome, load_suite, validate
-from lifecycle_pipelines.search_sync.sync import SyncReport, version_hash
+from lifecycle_pipelines.search_sync.sync import SyncReport
 
 SUITE = "search_products"
 
 
 def sync_batches(report: SyncReport) -> dict[str, pd.DataFrame]:
     """The suite's batches built from a run's report."""
+    index = report.index_versions
     batches = {
         "index": pd.DataFrame(
             {
-                "doc_id": list(report.index_versions),
-                "_version_hash": [version_hash(k, v) for k, v in report.index_versions.items()],
+                "doc_id": index.ids if index is not None else [],
+                "_version_hash": index.hashes if index is not None else [],
             }
         )
     }
@@ -36,8 +37,9 @@ def check_sync(report: SyncReport) -> dict[str, CheckOutcome]:
     wanted["expectations"] = [
         e for e in suite["expectations"] if e.get("meta", {}).get("batch", "rows") in batches
     ]
+    source = report.source_versions
     parameters = {
-        "source_count": len(report.source_versions),
-        "source_checksum": sum(version_hash(k, v) for k, v in report.source_versions.items()),
+        "source_count": len(source) if source is not None else 0,
+        "source_checksum": source.checksum if source is not None else 0,
     }
     return validate(wanted, batches, parameters)

@@ -15,7 +15,6 @@ Bulk writes retry throttled documents and fail on any document refused for good.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -42,6 +41,7 @@ from lifecycle_pipelines.search_sync.index_config import (
     index_template,
     ism_policy,
 )
+from lifecycle_pipelines.search_sync.versions import VersionSet
 
 log = logging.getLogger(__name__)
 SEARCH_FIELDS = ("name", "description", "brand", "category")
@@ -103,40 +103,28 @@ class SyncReport:
     high: datetime | None = None
     reconciliation: Reconciliation | None = None
     seconds: float = 0.0
-    index_versions: dict[str, Any] = field(default_factory=dict, repr=False)
-    source_versions: dict[str, str] = field(default_factory=dict, repr=False)
+    index_versions: VersionSet | None = field(default=None, repr=False)
+    source_versions: VersionSet | None = field(default=None, repr=False)
     sample: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
-def version_hash(doc_id: str, version: Any) -> int:
-    """A 40-bit hash of one (id, updated_at) pair; sums of up to 2^23 of them fit in int64."""
-    return int.from_bytes(hashlib.sha256(f"{doc_id}|{version}".encode()).digest()[:5], "big")
-
-
-def version_checksum(versions: dict[str, Any]) -> str:
-    """Order-independent checksum of (id, updated_at) pairs: the sum of their hashes."""
-    return str(sum(version_hash(doc_id, version) for doc_id, version in versions.items()))
-
-
-def reconcile(source: dict[str, str], index: dict[str, Any]) -> Reconciliation:
+def reconcile(source: VersionSet, index: VersionSet) -> Reconciliation:
     """Compare the source's (id, version) set with the index's."""
     return Reconciliation(
         source_count=len(source),
         index_count=len(index),
-        source_checksum=version_checksum(source),
-        index_checksum=version_checksum(index),
-        missing=sorted(set(source) - set(index))[:50],
-        extra=sorted(set(index) - set(source))[:50],
-        stale=sorted(k for k in set(source) & set(index) if source[k] != index[k])[:50],
+        source_checksum=str(source.checksum),
+        index_checksum=str(index.checksum),
+        missing=source.missing_from(index)[:50],
+        extra=index.missing_from(source)[:50],
+        stale=source.stale_in(index)[:50],
     )
 
 
 def to_document(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(id, source) of a product row; updated_at in the same ISO form as `source_versions`."""
-    doc = {k: v for k, v in row.items() if k != "deleted"}
-    updated = doc["updated_at"]
-    if isinstance(updated, datetime):
-        doc["updated_at"] = updated.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """(id, source) of a product row (updated_at is already ISO text, as `source_versions`)."""
+    doc = dict(row)
+    del doc["deleted"]
     return str(doc["product_id"]), doc
 
 
@@ -258,9 +246,9 @@ class ProductSync:
             self._delete(index, replay)
             report.tombstones_replayed = len(replay)
         self.backend.refresh(index)
-        source = {k: v for k, v in source_versions(self.shop).items() if k not in set(replay)}
+        source = VersionSet.from_pairs(source_versions(self.shop)).without(replay)
         report.source_versions = source
-        report.index_versions = self.backend.scan_field(index, "updated_at")
+        report.index_versions = VersionSet.from_pairs(self.backend.scan_field(index, "updated_at"))
         report.reconciliation = reconcile(source, report.index_versions)
         if not report.reconciliation.matches:
             raise ReconciliationError(
@@ -285,18 +273,17 @@ class ProductSync:
         )
         for rows in changed_documents(self.shop, report.low, report.high, self.settings.batch_size):
             self._write(report, index, rows)
-        source = source_versions(self.shop)
-        indexed = self.backend.scan_field(index, "updated_at")
-        gone = sorted(set(indexed) - set(source))
+        source = VersionSet.from_pairs(source_versions(self.shop))
+        indexed = VersionSet.from_pairs(self.backend.scan_field(index, "updated_at"))
+        gone = indexed.missing_from(source)
         if gone:
             outcome = self._delete(index, gone)
             if outcome.errors:
                 raise BulkFailure(outcome.errors)
             report.hard_deleted = len(gone)
         self.backend.refresh(index)
-        tombstoned = set(self.tombstones())
-        report.source_versions = {k: v for k, v in source.items() if k not in tombstoned}
-        report.index_versions = self.backend.scan_field(index, "updated_at")
+        report.source_versions = source.without(self.tombstones())
+        report.index_versions = VersionSet.from_pairs(self.backend.scan_field(index, "updated_at"))
         report.reconciliation = reconcile(report.source_versions, report.index_versions)
         self._save_state(index, report.high)
         return report

@@ -59,7 +59,7 @@ def test_changes_soft_and_hard_deletes_propagate(
 
     assert not report.rotated
     assert _names(engine, "zeppelin")[0] == "Quixotic Zeppelin Lamp"
-    ids = set(engine.scan_field("catalog-products", "updated_at"))
+    ids = dict(engine.scan_field("catalog-products", "updated_at"))
     assert str(renamed) in ids and str(soft) not in ids and str(hard) not in ids
     assert report.hard_deleted == 1
     assert report.reconciliation is not None and report.reconciliation.matches
@@ -122,7 +122,7 @@ def test_tombstones_are_replayed_into_a_new_index(
     )
     report = sync.run(NOV)
     assert report.tombstones_replayed == 1
-    assert victim not in engine.scan_field("catalog-products", "updated_at")
+    assert victim not in dict(engine.scan_field("catalog-products", "updated_at"))
 
 
 def test_a_mapping_conflict_fails_the_rotation_and_leaves_the_alias(

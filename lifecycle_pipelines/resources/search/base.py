@@ -5,7 +5,7 @@ Engine quirks stay inside each engine's class (OpenSearch over HTTP, tantivy emb
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,6 +98,6 @@ class SearchBackend(Protocol):
         """Create or update an index-state-management policy."""
         ...
 
-    def scan_field(self, index: str, field: str) -> dict[str, Any]:
-        """`doc id -> value of field` for every document of an index (ids and versions)."""
+    def scan_field(self, index: str, field: str) -> Iterator[tuple[str, Any]]:
+        """(doc id, value of field) of every document of an index, streamed."""
         ...

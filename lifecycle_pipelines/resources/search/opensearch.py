@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opensearchpy import OpenSearch, RequestsHttpConnection
@@ -160,17 +160,17 @@ class OpenSearchBackend:
         }
         self.client.transport.perform_request("PUT", path, params=params, body=dict(body))
 
-    def scan_field(self, index: str, field: str) -> dict[str, Any]:
+    def scan_field(self, index: str, field: str) -> Iterator[tuple[str, Any]]:
         from opensearchpy.helpers import scan
 
         try:
-            hits = scan(
+            for hit in scan(
                 self.client,
                 index=index,
                 query={"query": {"match_all": {}}, "_source": [field]},
                 size=5_000,
                 preserve_order=False,
-            )
-            return {str(h["_id"]): h.get("_source", {}).get(field) for h in hits}
+            ):
+                yield str(hit["_id"]), hit.get("_source", {}).get(field)
         except NotFoundError as err:
             raise IndexNotFound(index) from err

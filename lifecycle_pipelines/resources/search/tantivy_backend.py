@@ -402,8 +402,7 @@ class TantivyBackend:
         folder.mkdir(exist_ok=True)
         (folder / f"{policy_id}.json").write_text(json.dumps(body, sort_keys=True))
 
-    def scan_field(self, index: str, field: str) -> dict[str, Any]:
-        values: dict[str, Any] = {}
+    def scan_field(self, index: str, field: str) -> Iterator[tuple[str, Any]]:
         for name in self._resolve(index):
             opened, _ = self._index(name)
             opened.reload()
@@ -414,5 +413,4 @@ class TantivyBackend:
             for _score, address in searcher.search(tantivy.Query.all_query(), total).hits:
                 doc = searcher.doc(address)
                 source = json.loads(bytes(doc.get_first(SOURCE_FIELD) or b"{}"))
-                values[str(doc.get_first(ID_FIELD))] = source.get(field)
-        return values
+                yield str(doc.get_first(ID_FIELD)), source.get(field)
