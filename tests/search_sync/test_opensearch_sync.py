@@ -123,3 +123,23 @@ def test_a_throttled_request_is_retried_with_backoff(httpserver: HTTPServer) -> 
         sleep=waits.append,
     )
     assert outcome.written == 1 and waits == [0.5]
+
+
+@pytest.mark.live
+@pytest.mark.skipif(
+    "OPENSEARCH_URL" not in __import__("os").environ, reason="opt-in: set OPENSEARCH_URL"
+)
+def test_live_rotation_and_increment(shop_conn: object, control_conn: object) -> None:
+    """Against a real cluster: rotate into a fresh month index, then an increment."""
+    import os
+    from datetime import date
+
+    from lifecycle_pipelines.search_sync.sync import ProductSync
+
+    backend = OpenSearchBackend.connect(os.environ["OPENSEARCH_URL"])
+    sync = ProductSync(backend, shop_conn, control_conn, load_synonyms())  # type: ignore[arg-type]
+    report = sync.run(date(2026, 11, 20))
+    assert report.reconciliation is not None and report.reconciliation.matches
+    again = sync.run(date(2026, 11, 21))
+    assert not again.rotated and again.reconciliation is not None
+    assert again.reconciliation.matches
