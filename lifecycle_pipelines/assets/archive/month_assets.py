@@ -15,7 +15,8 @@ import dagster as dg
 from lifecycle_pipelines.archive.archiver import ArchiveResult, MonthArchiver, check_partition
 from lifecycle_pipelines.archive.glue import register_partition
 from lifecycle_pipelines.archive.purge import purge_partition
-from lifecycle_pipelines.checks.gx import CHECK_NAMES, CheckOutcome
+from lifecycle_pipelines.checks.gx import CHECK_NAMES
+from lifecycle_pipelines.checks.results import check_result
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.policy import DataTypePolicy, load_policy
 from lifecycle_pipelines.resources import PostgresResource, S3Resource
@@ -93,29 +94,6 @@ def archive_metadata(result: ArchiveResult) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _check_result(
-    asset_key: dg.AssetKey, name: str, outcome: CheckOutcome | None
-) -> dg.AssetCheckResult:
-    if outcome is None:
-        return dg.AssetCheckResult(
-            asset_key=asset_key,
-            check_name=name,
-            passed=True,
-            metadata={"note": dg.MetadataValue.text("no rows in this month; nothing to check")},
-        )
-    metadata: dict[str, dg.MetadataValue] = {
-        "expectations_evaluated": dg.MetadataValue.int(outcome.evaluated),
-        "result": dg.MetadataValue.md(outcome.markdown()),
-    }
-    return dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name=name,
-        passed=outcome.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata=metadata,
-    )
-
-
 def build_month_assets(data_type: str, policy: DataTypePolicy) -> list[dg.AssetsDefinition]:
     """The archive and purge assets of one archived data type."""
     archive_key = dg.AssetKey(f"archive_{data_type}")
@@ -171,7 +149,8 @@ def build_month_assets(data_type: str, policy: DataTypePolicy) -> list[dg.Assets
         yield dg.MaterializeResult(
             metadata=archive_metadata(result),
             check_results=[
-                _check_result(archive_key, name, result.checks.get(name)) for name in CHECK_NAMES
+                check_result(archive_key, name, result.checks.get(name), "no rows in this month")
+                for name in CHECK_NAMES
             ],
         )
 

@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from lifecycle_pipelines.checks.gx import CHECK_NAMES, CheckOutcome
+from lifecycle_pipelines.checks.gx import CHECK_NAMES
+from lifecycle_pipelines.checks.results import check_result
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import PostgresResource, SearchResource
@@ -66,26 +67,6 @@ def _metadata(report: SyncReport) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _check(name: str, outcome: CheckOutcome | None) -> dg.AssetCheckResult:
-    if outcome is None:
-        return dg.AssetCheckResult(
-            asset_key=KEY,
-            check_name=name,
-            passed=True,
-            metadata={"note": dg.MetadataValue.text("no documents written in this run")},
-        )
-    return dg.AssetCheckResult(
-        asset_key=KEY,
-        check_name=name,
-        passed=outcome.success,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "expectations_evaluated": dg.MetadataValue.int(outcome.evaluated),
-            "result": dg.MetadataValue.md(outcome.markdown()),
-        },
-    )
-
-
 @dg.asset(
     key=KEY,
     group_name="search_sync",
@@ -129,5 +110,8 @@ def search_products(
     outcomes = check_sync(report)
     yield dg.MaterializeResult(
         metadata=_metadata(report),
-        check_results=[_check(name, outcomes.get(name)) for name in CHECK_NAMES],
+        check_results=[
+            check_result(KEY, name, outcomes.get(name), "no documents written in this run")
+            for name in CHECK_NAMES
+        ],
     )
