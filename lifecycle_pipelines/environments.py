@@ -9,6 +9,7 @@ from Secrets Manager. The local stack (`lifecycle up`) writes the same variables
 |---|---|
 | `AWS_REGION`, `AWS_ENDPOINT_URL`, credentials | boto3's own resolution (moto locally) |
 | `LIFECYCLE_DB_SECRET_ID` | RDS credentials secret (username/password/host/port) |
+| `LIFECYCLE_PSEUDONYM_SECRET_ID` | HMAC key of the warehouse's pseudonymous user keys |
 | `LIFECYCLE_DB_HOST`, `LIFECYCLE_DB_PORT` | RDS endpoint (staging/production, IAM auth) |
 | `LIFECYCLE_DB_USER` | RDS IAM database user (staging/production) |
 | `LIFECYCLE_RDS_CA_BUNDLE` | path of the RDS CA bundle for sslmode=verify-full |
@@ -89,7 +90,9 @@ def resources_for(env: str) -> dict[str, Any]:
             "dynamodb": DynamoDBResource(),
             "search": SearchResource(backend="tantivy", local_dir=EnvVar("LIFECYCLE_SEARCH_DIR")),
             "warehouse": WarehouseResource(
-                backend="postgres", postgres=_local_database(WAREHOUSE_DB)
+                backend="postgres",
+                postgres=_local_database(WAREHOUSE_DB),
+                pseudonym_secret_id=EnvVar("LIFECYCLE_PSEUDONYM_SECRET_ID"),
             ),
             "alerts": alerts,
         }
@@ -106,6 +109,7 @@ def resources_for(env: str) -> dict[str, Any]:
             cluster_identifier=EnvVar("REDSHIFT_CLUSTER_ID"),
             db_user=EnvVar("REDSHIFT_DB_USER"),
             copy_iam_role_arn=EnvVar("REDSHIFT_COPY_ROLE_ARN"),
+            pseudonym_secret_id=EnvVar("LIFECYCLE_PSEUDONYM_SECRET_ID"),
         ),
         "alerts": alerts,
     }

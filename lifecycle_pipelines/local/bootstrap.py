@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ SHOP_SCHEMA_DIR = Path(__file__).with_name("shop_schema")
 APP_ROLE = "lifecycle_app"
 KMS_ALIAS = "alias/lifecycle-local-data"
 SECRET_ID = "lifecycle/local/postgres"  # noqa: S105 - a secret name, not a secret
+PSEUDONYM_SECRET_ID = "lifecycle/local/pseudonym-key"  # noqa: S105 - a secret name
 ALERTS_TOPIC = "lifecycle-local-alerts"
 BUCKET_PREFIX = "lifecycle-local"
 
@@ -229,6 +231,22 @@ def ensure_secret(aws: AwsResource, value: dict[str, Any], report: BootstrapRepo
     return SECRET_ID
 
 
+def ensure_pseudonym_key(aws: AwsResource, report: BootstrapReport) -> str:
+    """The secret HMAC key that turns user ids into the warehouse's pseudonymous user keys;
+    created once with 32 random bytes and never rotated by the bootstrap (keys would change)."""
+    secrets = aws.client("secretsmanager")
+    try:
+        secrets.describe_secret(SecretId=PSEUDONYM_SECRET_ID)
+        report.record("pseudonym key", False)
+    except secrets.exceptions.ResourceNotFoundException:
+        secrets.create_secret(
+            Name=PSEUDONYM_SECRET_ID,
+            SecretString=json.dumps({"hmac_key_hex": os.urandom(32).hex()}),
+        )
+        report.record("pseudonym key", True)
+    return PSEUDONYM_SECRET_ID
+
+
 def ensure_glue_database(aws: AwsResource, report: BootstrapReport) -> str:
     """The Glue catalog database in which archive partitions are registered for Athena."""
     glue = aws.client("glue")
@@ -255,5 +273,6 @@ def bootstrap_aws(aws: AwsResource, db_secret: dict[str, Any]) -> BootstrapRepor
     report.outputs["LIFECYCLE_GLUE_DATABASE"] = ensure_glue_database(aws, report)
     report.outputs["LIFECYCLE_ALERTS_TOPIC_ARN"] = ensure_topic(aws, report)
     report.outputs["LIFECYCLE_DB_SECRET_ID"] = ensure_secret(aws, db_secret, report)
+    report.outputs["LIFECYCLE_PSEUDONYM_SECRET_ID"] = ensure_pseudonym_key(aws, report)
     report.outputs["LIFECYCLE_BUCKET_PREFIX"] = BUCKET_PREFIX
     return report

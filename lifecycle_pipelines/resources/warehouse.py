@@ -12,7 +12,7 @@ from typing import Any, Literal
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from lifecycle_pipelines.resources.aws import AwsResource
+from lifecycle_pipelines.resources.aws import AwsResource, SecretsManagerResource
 from lifecycle_pipelines.resources.postgres import PostgresResource
 
 
@@ -41,7 +41,21 @@ class WarehouseResource(ConfigurableResource):
     copy_iam_role_arn: str | None = Field(
         default=None, description="IAM role Redshift assumes to COPY staged Parquet from S3."
     )
+    pseudonym_secret_id: str | None = Field(
+        default=None,
+        description=(
+            "Secrets Manager secret holding the HMAC key (`hmac_key_hex`) that turns user ids "
+            "into pseudonymous user keys; the warehouse never receives raw user ids."
+        ),
+    )
     aws: AwsResource = Field(default_factory=AwsResource, description="AWS settings.")
+
+    def pseudonym_key(self) -> bytes:
+        """The HMAC key for pseudonymous user keys (read from Secrets Manager, never logged)."""
+        if not self.pseudonym_secret_id:
+            raise ValueError("pseudonym_secret_id: the warehouse needs its pseudonym key secret")
+        secrets = SecretsManagerResource(**self.aws.model_dump())
+        return bytes.fromhex(secrets.get_json(self.pseudonym_secret_id)["hmac_key_hex"])
 
     def connect(self) -> Any:
         """A new DB-API connection (autocommit off) to the warehouse; the caller closes it."""

@@ -10,6 +10,7 @@ from lifecycle_pipelines.resources.search.opensearch import OpenSearchBackend
 
 PRODUCTION_ENV = {
     "AWS_REGION": "eu-west-1",
+    "AWS_DEFAULT_REGION": "eu-west-1",
     "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00",
     "AWS_SECRET_ACCESS_KEY": "example-secret-key",
     "LIFECYCLE_DB_HOST": "shop.cluster-abc.eu-west-1.rds.amazonaws.com",
@@ -26,6 +27,9 @@ PRODUCTION_ENV = {
     "REDSHIFT_CLUSTER_ID": "analytics",
     "REDSHIFT_DB_USER": "lifecycle_pipelines",
     "REDSHIFT_COPY_ROLE_ARN": "arn:aws:iam::123456789012:role/redshift-copy",
+    "LIFECYCLE_PSEUDONYM_SECRET_ID": "shop/production/pseudonym-key",
+    "AWS_REGION": "eu-west-1",
+    "AWS_DEFAULT_REGION": "eu-west-1",
 }
 
 
