@@ -10,6 +10,7 @@ from lifecycle_pipelines.assets.archive import (
 )
 from lifecycle_pipelines.assets.platform import storage_layout_audit
 from lifecycle_pipelines.assets.search_sync import search_products
+from lifecycle_pipelines.assets.warehouse import warehouse_hourly
 from lifecycle_pipelines.environments import current_environment, resources_for
 from lifecycle_pipelines.schedules import storage_layout_audit_daily, storage_layout_audit_job
 from lifecycle_pipelines.schedules.archive import (
@@ -22,6 +23,7 @@ from lifecycle_pipelines.schedules.archive import (
     retention_expiry_job,
 )
 from lifecycle_pipelines.schedules.search_sync import search_products_daily, search_sync_job
+from lifecycle_pipelines.schedules.warehouse import warehouse_hourly_schedule, warehouse_job
 
 archive_jobs, archive_schedules = archive_jobs_and_schedules()
 
@@ -33,6 +35,7 @@ defs = dg.Definitions(
         archive_restore_verification,
         archive_retention_expiry,
         search_products,
+        warehouse_hourly,
     ],
     jobs=[
         storage_layout_audit_job,
@@ -41,6 +44,7 @@ defs = dg.Definitions(
         restore_verification_job,
         retention_expiry_job,
         search_sync_job,
+        warehouse_job,
     ],
     schedules=[
         storage_layout_audit_daily,
@@ -48,6 +52,7 @@ defs = dg.Definitions(
         archive_restore_quarterly,
         archive_retention_expiry_daily,
         search_products_daily,
+        warehouse_hourly_schedule,
     ],
     sensors=[archive_restore_sensor],
     resources=resources_for(current_environment()),

@@ -17,7 +17,8 @@ def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     groups = {graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert {"platform", "archive", "search_sync"} <= groups
+    assert {"platform", "archive", "search_sync", "warehouse"} <= groups
+    assert defs.resolve_schedule_def("warehouse_hourly_schedule")
     assert defs.resolve_schedule_def("search_products_daily")
     search = graph.get(dg.AssetKey("search_products"))
     assert {c.name for c in search.check_keys} == {"schema", "completeness", "reconciliation"}

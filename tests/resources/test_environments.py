@@ -28,8 +28,6 @@ PRODUCTION_ENV = {
     "REDSHIFT_DB_USER": "lifecycle_pipelines",
     "REDSHIFT_COPY_ROLE_ARN": "arn:aws:iam::123456789012:role/redshift-copy",
     "LIFECYCLE_PSEUDONYM_SECRET_ID": "shop/production/pseudonym-key",
-    "AWS_REGION": "eu-west-1",
-    "AWS_DEFAULT_REGION": "eu-west-1",
 }
 
 

@@ -1,0 +1,272 @@
+"""Load one hour of changes into the warehouse: extract, pseudonymise, stage, COPY, MERGE.
+
+1. The hour must be closed: the commit-safe high-water mark of the source (oldest open
+   transaction, safety lag) has passed its end, so no row of the hour can still commit.
+2. Every table is checked against the model (new, changed or vanished source columns are
+   reported, naming the column) before anything is written.
+3. Rows whose `updated_at` falls in the hour are extracted (COPY, Arrow); user ids become
+   HMAC-SHA256 keys and personal columns are never selected; each table is written as Parquet
+   to the staging bucket under a deterministic key.
+4. One warehouse transaction loads every table: a temporary stage shaped like the target,
+   COPY (Redshift: FROM S3 with the IAM role; PostgreSQL: FROM STDIN), stale rows dropped, MERGE.
+   Re-running an hour changes nothing; a late change lands on its existing row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from psycopg import sql as psql
+
+from lifecycle_pipelines.archive.columns import TableShape, read_columns
+from lifecycle_pipelines.archive.extract import select_month, stream_batches
+from lifecycle_pipelines.archive.stats import ReconStats, source_stats
+from lifecycle_pipelines.resources.s3 import S3Resource
+from lifecycle_pipelines.search_sync.documents import commit_safe_high_water
+from lifecycle_pipelines.warehouse import sql
+from lifecycle_pipelines.warehouse.model import (
+    DIM_DATE_COLUMNS,
+    TABLES,
+    USER_KEY,
+    Engine,
+    WarehouseTable,
+    check_source,
+    columns_of,
+)
+
+log = logging.getLogger(__name__)
+STAGING_BUCKET_SUFFIX = "staging"
+
+
+class HourNotClosed(RuntimeError):
+    """A transaction that may still write rows of this hour is open; nothing was loaded."""
+
+
+@dataclass
+class TableLoad:
+    """What one table received."""
+
+    table: WarehouseTable
+    rows: int
+    uri: str
+    source: ReconStats
+    new_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HourLoad:
+    """What one hourly run did."""
+
+    hour: datetime
+    tables: list[TableLoad] = field(default_factory=list)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:
+    """HMAC-SHA256 (hex) of each user id; NULL stays NULL."""
+    return pa.array(
+        [
+            None if uid is None else hmac.new(key, str(uid).encode(), hashlib.sha256).hexdigest()
+            for uid in user_ids.to_pylist()
+        ],
+        pa.string(),
+    )
+
+
+def date_keys(times: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pc.cast(pc.strftime(times, format="%Y%m%d"), pa.int32())
+
+
+class HourLoader:
+    """Loads hours of changes from the shop into the warehouse (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        shop: Any,
+        warehouse: Any,
+        engine: Engine,
+        schema: str,
+        s3: S3Resource,
+        pseudonym_key: bytes,
+        copy_iam_role_arn: str | None = None,
+        on_new_column: str = "fail",
+        safety_lag: timedelta = timedelta(seconds=30),
+        logger: logging.Logger | Any = log,
+    ) -> None:
+        self.shop = shop
+        self.warehouse = warehouse
+        self.engine = engine
+        self.schema = schema
+        self.s3 = s3
+        self.key = pseudonym_key
+        self.role = copy_iam_role_arn
+        self.on_new_column = on_new_column
+        self.safety_lag = safety_lag
+        self.log = logger
+        self.bucket = s3.bucket(STAGING_BUCKET_SUFFIX)
+
+    def run(self, hour: datetime) -> HourLoad:
+        started = time.perf_counter()
+        end = hour + timedelta(hours=1)
+        mark = commit_safe_high_water(self.shop, self.safety_lag)
+        if mark < end:
+            raise HourNotClosed(
+                f"partition_key: hour {hour:%Y-%m-%d %H}:00 is not closed yet (changes up to "
+                f"{mark:%Y-%m-%d %H:%M:%S} UTC are final); nothing was loaded"
+            )
+        plans = []
+        for table in TABLES:
+            source = read_columns(self.shop, "public", table.source_table)
+            new = check_source(
+                table, source, "ignore" if self.on_new_column == "ignore" else "fail"
+            )
+            plans.append((table, source, columns_of(table, source, self.engine), new))
+        result = HourLoad(hour)
+        staged = []
+        for table, source, columns, new in plans:
+            arrow, stats = self._extract(table, source, hour, end)
+            arrow = self._transform(table, arrow, [c for c, _ in columns])
+            uri = self._stage(table, arrow, hour)
+            staged.append((table, columns, arrow, uri))
+            result.tables.append(TableLoad(table, arrow.num_rows, uri, stats, new))
+            if new:
+                self.log.warning(f"{table.source_table}: new column(s) {new} not loaded (policy)")
+        self._load(staged, result)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # -- steps -----------------------------------------------------------------------------
+    def _extract(
+        self, table: WarehouseTable, source: list[Any], hour: datetime, end: datetime
+    ) -> tuple[pa.Table, ReconStats]:
+        wanted = list(table.taken)
+        if USER_KEY in table.derived:
+            wanted.append("user_id")
+        by_name = {c.name: c for c in source}
+        selected = tuple(by_name[n] for n in wanted)
+        key = table.key if table.key in wanted else "user_id"
+        shape = TableShape(
+            schema="public", table=table.source_table, columns=selected, primary_key=key,
+            time_column=None, version_column=None, subject_column=None, personal_columns=(),
+            money_columns=table.money,
+        )  # fmt: skip
+        rel = psql.SQL("{} AS t").format(psql.Identifier("public", table.source_table))
+        where = psql.SQL("t.updated_at >= {} AND t.updated_at < {}").format(
+            psql.Literal(hour), psql.Literal(end)
+        )
+        batches = list(stream_batches(self.shop, shape, select_month(shape, rel, where)))
+        arrow = pa.Table.from_batches(batches) if batches else shape.arrow_schema().empty_table()
+        stats = source_stats(self.shop, rel, key, list(table.money), where)
+        return arrow, stats
+
+    def _transform(self, table: WarehouseTable, arrow: pa.Table, columns: list[str]) -> pa.Table:
+        if USER_KEY in table.derived:
+            arrow = arrow.append_column("user_key", user_keys(arrow.column("user_id"), self.key))
+        if "date_key" in columns:
+            arrow = arrow.append_column("date_key", date_keys(arrow.column("created_at")))
+        return arrow.select(columns)
+
+    def _stage(self, table: WarehouseTable, arrow: pa.Table, hour: datetime) -> str:
+        key = f"warehouse/{table.name}/hour={hour:%Y-%m-%dT%H}/part-00000.parquet"
+        buffer = io.BytesIO()
+        pq.write_table(arrow, buffer, compression="zstd")
+        self.s3.put_bytes(
+            self.bucket, key, buffer.getvalue(), content_type="application/vnd.apache.parquet"
+        )
+        return self.s3.uri(self.bucket, key)
+
+    def _copy_into_stage(self, cur: Any, stage: str, arrow: pa.Table, uri: str) -> None:
+        if self.engine == "redshift":
+            if not self.role:
+                raise ValueError("copy_iam_role_arn: Redshift COPY needs the IAM role")
+            cur.execute(sql.redshift_copy(stage, uri, self.role))
+            return
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        data = self.s3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        staged = pq.read_table(io.BytesIO(data))
+        csv = io.BytesIO()
+        pacsv.write_csv(staged, csv, pacsv.WriteOptions(include_header=False))
+        columns = ", ".join(sql.ident(c) for c in staged.column_names)
+        with cur.copy(f"COPY {sql.ident(stage)} ({columns}) FROM STDIN (FORMAT csv)") as copy:
+            copy.write(csv.getvalue())
+
+    def _load(
+        self,
+        staged: list[tuple[WarehouseTable, list[tuple[str, str]], pa.Table, str]],
+        result: HourLoad,
+    ) -> None:
+        conn = self.warehouse
+        with conn.cursor() as cur:
+            cur.execute(sql.create_schema(self.schema))
+            for table, columns, _, _ in staged:
+                cur.execute(sql.create_table(self.schema, table.name, columns, table.key))
+            cur.execute(
+                sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
+            )
+        conn.commit()
+        with conn.cursor() as cur:
+            dates: set[int] = set()
+            for table, columns, arrow, uri in staged:
+                stage = f"stage_{table.name}"
+                cur.execute(sql.create_stage(self.schema, table.name, stage))
+                self._copy_into_stage(cur, stage, arrow, uri)
+                if table.version:
+                    cur.execute(
+                        sql.drop_older(self.schema, table.name, stage, table.key, table.version)
+                    )
+                cur.execute(
+                    sql.merge(self.schema, table.name, stage, table.key, [c for c, _ in columns])
+                )
+                if "date_key" in arrow.column_names:
+                    dates.update(k for k in arrow.column("date_key").to_pylist() if k is not None)
+                result.frames[table.name] = self._warehouse_frame(cur, table, stage)
+                cur.execute(f"DROP TABLE {sql.ident(stage)}")
+            self._merge_dates(cur, sorted(dates))
+        conn.commit()
+
+    def _warehouse_frame(self, cur: Any, table: WarehouseTable, stage: str) -> pd.DataFrame:
+        """The merged rows of the staged keys, as the warehouse now holds them."""
+        money = "".join(f", (t.{sql.ident(m)} * 100)::bigint" for m in table.money)
+        cur.execute(
+            f"SELECT t.{sql.ident(table.key)}{money} FROM {sql.ident(self.schema, table.name)} t "
+            f"JOIN {sql.ident(stage)} s ON s.{sql.ident(table.key)} = t.{sql.ident(table.key)}"
+        )
+        rows = cur.fetchall()
+        names = [table.key, *(f"_cents_{m}" for m in table.money)]
+        return pd.DataFrame([tuple(r) for r in rows], columns=names)
+
+    def _merge_dates(self, cur: Any, keys: list[int]) -> None:
+        if not keys:
+            return
+        cur.execute(f"CREATE TEMP TABLE stage_dim_date (LIKE {sql.ident(self.schema, 'dim_date')})")
+        rows = []
+        for key in keys:
+            day = datetime.strptime(str(key), "%Y%m%d").date()
+            rows.append(
+                (key, day, day.year, (day.month - 1) // 3 + 1, day.month, day.day, day.isoweekday())
+            )
+        cur.executemany("INSERT INTO stage_dim_date VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+        cur.execute(
+            sql.merge(
+                self.schema,
+                "dim_date",
+                "stage_dim_date",
+                "date_key",
+                [c for c, _ in DIM_DATE_COLUMNS],
+            )
+        )
+        cur.execute("DROP TABLE stage_dim_date")

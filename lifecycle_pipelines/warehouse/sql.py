@@ -1,0 +1,62 @@
+"""The warehouse SQL shared by Redshift and PostgreSQL: DDL, staging tables and the MERGE.
+
+Statements are rendered to text from `psycopg.sql` identifiers so that the same text runs on
+both engines (redshift_connector takes text). Engine differences stay in `loader.py`.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+
+def render(statement: sql.Composable) -> str:
+    """The SQL text of a composed statement (identifiers quoted, no connection needed)."""
+    return statement.as_string(None)
+
+
+def ident(*names: str) -> str:
+    return render(sql.Identifier(*names))
+
+
+def create_schema(schema: str) -> str:
+    return f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"
+
+
+def create_table(schema: str, table: str, columns: list[tuple[str, str]], key: str) -> str:
+    """CREATE TABLE IF NOT EXISTS with explicit types and the primary key."""
+    body = ", ".join(f"{ident(name)} {type_}" for name, type_ in columns)
+    return f"CREATE TABLE IF NOT EXISTS {ident(schema, table)} ({body}, PRIMARY KEY ({ident(key)}))"
+
+
+def create_stage(schema: str, table: str, stage: str) -> str:
+    """A temporary staging table shaped like the target (dropped with the session)."""
+    return f"CREATE TEMP TABLE {ident(stage)} (LIKE {ident(schema, table)})"
+
+
+def drop_older(schema: str, table: str, stage: str, key: str, version: str) -> str:
+    """Drop staged rows older than the warehouse's (a late re-run never moves a row back)."""
+    return (
+        f"DELETE FROM {ident(stage)} USING {ident(schema, table)} t "
+        f"WHERE {ident(stage)}.{ident(key)} = t.{ident(key)} "
+        f"AND {ident(stage)}.{ident(version)} < t.{ident(version)}"
+    )
+
+
+def merge(schema: str, table: str, stage: str, key: str, columns: list[str]) -> str:
+    """MERGE the staged rows into the target: update matches, insert the rest."""
+    updates = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in columns if c != key)
+    names = ", ".join(ident(c) for c in columns)
+    values = ", ".join(f"s.{ident(c)}" for c in columns)
+    return (
+        f"MERGE INTO {ident(schema, table)} USING {ident(stage)} s "
+        f"ON {ident(schema, table)}.{ident(key)} = s.{ident(key)} "
+        f"WHEN MATCHED THEN UPDATE SET {updates} "
+        f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
+    )
+
+
+def redshift_copy(stage: str, s3_uri: str, iam_role_arn: str) -> str:
+    """COPY staged Parquet from S3 (Redshift only)."""
+    quote = render(sql.Literal(s3_uri))
+    role = render(sql.Literal(iam_role_arn))
+    return f"COPY {ident(stage)} FROM {quote} IAM_ROLE {role} FORMAT AS PARQUET"

@@ -1,0 +1,225 @@
+"""Hourly warehouse loads through Dagster against PostgreSQL, and the Redshift SQL they issue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import dagster as dg
+import psycopg
+import pytest
+from dagster._core.errors import DagsterUnknownPartitionError
+
+from lifecycle_pipelines.assets.warehouse import warehouse_hourly
+from lifecycle_pipelines.environments import resources_for
+from lifecycle_pipelines.local.stack import LocalStack, StackInfo
+from lifecycle_pipelines.resources import PostgresResource, S3Resource
+from lifecycle_pipelines.warehouse.loader import HourLoader
+from tests.conftest import private_shop
+
+SHOP = "shop_warehouse_tests"
+
+
+@pytest.fixture(scope="session")
+def warehouse_shop(local_stack: tuple[LocalStack, StackInfo]) -> str:
+    return private_shop(local_stack[0], SHOP)
+
+
+@pytest.fixture
+def shop(local_stack: Any, warehouse_shop: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(local_stack[0].app_conninfo(warehouse_shop), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def warehouse(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(local_stack[0].app_conninfo("warehouse"), autocommit=True) as conn:
+        yield conn
+
+
+def _resources() -> dict[str, Any]:
+    resources = resources_for("local")
+    resources["shop_db"] = PostgresResource(
+        dbname=SHOP, credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"), sslmode="disable"
+    )
+    return resources
+
+
+def _busiest_hour(shop: Any) -> datetime:
+    row = shop.execute(
+        "SELECT date_trunc('hour', updated_at) FROM orders GROUP BY 1 ORDER BY count(*) DESC,"
+        " 1 LIMIT 1"
+    ).fetchone()
+    return row[0].astimezone(UTC)
+
+
+def _load(hour: datetime, **config: Any) -> dg.ExecuteInProcessResult:
+    run_config = {"ops": {"warehouse_hourly": {"config": config}}} if config else None
+    return dg.materialize(
+        [warehouse_hourly],
+        resources=_resources(),
+        partition_key=f"{hour:%Y-%m-%d-%H:%M}",
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+def _facts(warehouse: Any) -> tuple[Any, ...]:
+    row = warehouse.execute(
+        "SELECT count(*), sum(order_id), sum(total) FROM analytics.fact_orders"
+    ).fetchone()
+    return tuple(row)
+
+
+def test_an_hour_lands_pseudonymised_reconciled_and_idempotent(shop: Any, warehouse: Any) -> None:
+    hour = _busiest_hour(shop)
+    changed = shop.execute(
+        "SELECT count(*), sum(total) FROM orders WHERE updated_at >= %s AND updated_at < %s",
+        (hour, hour + timedelta(hours=1)),
+    ).fetchone()
+    result = _load(hour)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"reconciliation": True}
+    metadata = result.asset_materializations_for_node("warehouse_hourly")[0].metadata
+    assert metadata["rows_fact_orders"].value == changed[0] > 0
+    columns = {
+        r[0]
+        for r in warehouse.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'analytics'"
+        )
+    }
+    assert not columns & {"email", "full_name", "phone", "user_id", "shipping_name"}
+    types = dict(
+        warehouse.execute(
+            "SELECT column_name, data_type || coalesce('(' || character_maximum_length || ')', '')"
+            " FROM information_schema.columns WHERE table_name = 'fact_orders'"
+        ).fetchall()
+    )
+    assert types["status"] == "character varying(20)" and types["user_key"] == "character(64)"
+    key = warehouse.execute("SELECT user_key FROM analytics.fact_orders LIMIT 1").fetchone()[0]
+    assert len(key) == 64 and not key.isdigit()
+    before = _facts(warehouse)
+    assert _load(hour).success
+    assert _facts(warehouse) == before
+
+
+def test_a_late_change_to_an_older_order_lands_on_its_row(shop: Any, warehouse: Any) -> None:
+    first = _busiest_hour(shop)
+    assert _load(first).success
+    order = warehouse.execute("SELECT min(order_id) FROM analytics.fact_orders").fetchone()[0]
+    later = first + timedelta(hours=5)
+    shop.execute("ALTER TABLE orders DISABLE TRIGGER orders_set_updated_at")
+    try:  # a change committed in a later hour (the trigger would stamp it with now())
+        shop.execute(
+            "UPDATE orders SET status = 'returned', updated_at = %s WHERE order_id = %s",
+            (later + timedelta(minutes=5), order),
+        )
+    finally:
+        shop.execute("ALTER TABLE orders ENABLE TRIGGER orders_set_updated_at")
+    count = warehouse.execute("SELECT count(*) FROM analytics.fact_orders").fetchone()[0]
+    assert _load(later).success
+    row = warehouse.execute(
+        "SELECT status, count(*) OVER () FROM analytics.fact_orders WHERE order_id = %s", (order,)
+    ).fetchone()
+    assert row == ("returned", 1)
+    assert warehouse.execute("SELECT count(*) FROM analytics.fact_orders").fetchone()[0] >= count
+
+
+def test_a_new_source_column_is_reported_not_dropped(shop: Any) -> None:
+    hour = _busiest_hour(shop)
+    shop.execute("ALTER TABLE users ADD COLUMN nickname varchar(30)")
+    try:
+        failed = _load(hour)
+        assert not failed.success
+        error = str(failed.failure_data_for_node("warehouse_hourly").error)  # type: ignore[union-attr]
+        assert "users: new source column(s) ['nickname']" in error
+        tolerated = _load(hour, on_new_column="ignore")
+        assert tolerated.success
+        metadata = tolerated.asset_materializations_for_node("warehouse_hourly")[0].metadata
+        assert metadata["new_source_columns_not_loaded"].value == {"users": ["nickname"]}
+    finally:
+        shop.execute("ALTER TABLE users DROP COLUMN nickname")
+
+
+def test_an_hour_that_has_not_ended_is_refused(warehouse: Any) -> None:
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    before = _facts(warehouse) if _has_facts(warehouse) else None
+    try:
+        result = _load(now)
+    except DagsterUnknownPartitionError as err:  # not yet a partition at all
+        assert f"{now:%Y-%m-%d-%H:%M}" in str(err)
+    else:
+        assert not result.success
+        error = str(result.failure_data_for_node("warehouse_hourly").error)  # type: ignore[union-attr]
+        assert "has not ended yet" in error
+    assert (_facts(warehouse) if _has_facts(warehouse) else None) == before
+
+
+def _has_facts(warehouse: Any) -> bool:
+    row = warehouse.execute("SELECT to_regclass('analytics.fact_orders')").fetchone()
+    return row[0] is not None
+
+
+class _Recorder:
+    """A DB-API connection that records what it is asked to run (Redshift is not reachable)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def cursor(self) -> _Recorder:
+        return self
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def execute(self, statement: str, params: Any = None) -> None:
+        self.statements.append(" ".join(str(statement).split()))
+
+    def executemany(self, statement: str, rows: Any) -> None:
+        self.statements.append(" ".join(str(statement).split()))
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def commit(self) -> None:
+        self.statements.append("COMMIT")
+
+
+def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any) -> None:
+    hour = _busiest_hour(shop)
+    recorder = _Recorder()
+    with dg.build_resources({"s3": resources_for("local")["s3"]}) as r:
+        s3: S3Resource = r.s3
+        HourLoader(
+            shop=shop,
+            warehouse=recorder,
+            engine="redshift",
+            schema="analytics",
+            s3=s3,
+            pseudonym_key=b"k" * 32,
+            copy_iam_role_arn="arn:aws:iam::123456789012:role/redshift-copy",
+        ).run(hour)
+    text = recorder.statements
+    first_commit = text.index("COMMIT")
+    assert all(s.startswith("CREATE") for s in text[:first_commit])
+    assert "VARCHAR(80)" in next(
+        s for s in text if 'TABLE IF NOT EXISTS "analytics"."fact_orders"' in s
+    )
+    load = text[first_commit + 1 :]
+    assert load[-1] == "COMMIT" and load.count("COMMIT") == 1
+    copy = next(s for s in load if s.startswith('COPY "stage_fact_orders"'))
+    assert copy.startswith(
+        f"COPY \"stage_fact_orders\" FROM 's3://lifecycle-local-staging/warehouse/fact_orders/hour={hour:%Y-%m-%dT%H}/part-00000.parquet'"
+    )
+    assert copy.endswith(
+        "IAM_ROLE 'arn:aws:iam::123456789012:role/redshift-copy' FORMAT AS PARQUET"
+    )
+    merge = next(s for s in load if s.startswith('MERGE INTO "analytics"."fact_orders"'))
+    assert 'WHEN MATCHED THEN UPDATE SET "status" = s."status"' in merge
+    assert "WHEN NOT MATCHED THEN INSERT" in merge
+    assert any(s.startswith('DELETE FROM "stage_fact_orders" USING') for s in load)
