@@ -241,13 +241,29 @@ class HourLoader:
     def _warehouse_frame(self, cur: Any, table: WarehouseTable, stage: str) -> pd.DataFrame:
         """The merged rows of the staged keys, as the warehouse now holds them."""
         money = "".join(f", (t.{sql.ident(m)} * 100)::bigint" for m in table.money)
-        cur.execute(
+        query = (
             f"SELECT t.{sql.ident(table.key)}{money} FROM {sql.ident(self.schema, table.name)} t "
             f"JOIN {sql.ident(stage)} s ON s.{sql.ident(table.key)} = t.{sql.ident(table.key)}"
         )
-        rows = cur.fetchall()
         names = [table.key, *(f"_cents_{m}" for m in table.money)]
-        return pd.DataFrame([tuple(r) for r in rows], columns=names)
+        if self.engine == "postgres":  # stream as CSV into Arrow instead of Python tuples
+            buffer = io.BytesIO()
+            with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+            if not buffer.getbuffer().nbytes:
+                return pd.DataFrame({n: pd.Series(dtype="int64") for n in names})
+            buffer.seek(0)
+            read = pacsv.ReadOptions(column_names=names)
+            convert = pacsv.ConvertOptions(
+                column_types={
+                    n: pa.string() if n == table.key and table.key == "user_key" else pa.int64()
+                    for n in names
+                }
+            )
+            return pacsv.read_csv(buffer, read_options=read, convert_options=convert).to_pandas()
+        cur.execute(query)
+        return pd.DataFrame([tuple(r) for r in cur.fetchall()], columns=names)
 
     def _merge_dates(self, cur: Any, keys: list[int]) -> None:
         if not keys:
