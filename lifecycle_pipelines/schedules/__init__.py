@@ -3,6 +3,8 @@ an unpartitioned asset in one place."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
 
@@ -24,6 +26,33 @@ def asset_schedule(
     return job, schedule
 
 
+def partitioned_asset_schedule(
+    asset: str,
+    job_name: str,
+    schedule_name: str,
+    partitions_def: dg.PartitionsDefinition,
+    description: str,
+    minute_of_hour: int | None = None,
+    hour_of_day: int | None = None,
+) -> tuple[dg.UnresolvedAssetJobDefinition, Any]:
+    """A partitioned job for `asset` and a running-by-default schedule of its latest partition
+    at `hour_of_day`/`minute_of_hour` (as build_schedule_from_partitioned_job)."""
+    job = dg.define_asset_job(
+        job_name,
+        selection=dg.AssetSelection.assets(asset),
+        partitions_def=partitions_def,
+        description=description,
+    )
+    schedule = dg.build_schedule_from_partitioned_job(
+        job,
+        name=schedule_name,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        minute_of_hour=minute_of_hour,
+        hour_of_day=hour_of_day,
+    )
+    return job, schedule
+
+
 storage_layout_audit_job, storage_layout_audit_daily = asset_schedule(
     "storage_layout_audit",
     "storage_layout_audit_job",
@@ -32,4 +61,9 @@ storage_layout_audit_job, storage_layout_audit_daily = asset_schedule(
     "Audit buckets and tables against the storage specification.",
 )
 
-__all__ = ["asset_schedule", "storage_layout_audit_daily", "storage_layout_audit_job"]
+__all__ = [
+    "asset_schedule",
+    "partitioned_asset_schedule",
+    "storage_layout_audit_daily",
+    "storage_layout_audit_job",
+]

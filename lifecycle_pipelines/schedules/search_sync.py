@@ -1,19 +1,13 @@
 """The daily product sync schedule: today's partition, every day at 02:00 UTC."""
 
-import dagster as dg
-
 from lifecycle_pipelines.assets.search_sync import SEARCH_PARTITIONS
+from lifecycle_pipelines.schedules import partitioned_asset_schedule
 
-search_sync_job = dg.define_asset_job(
+search_sync_job, search_products_daily = partitioned_asset_schedule(
+    "search_products",
     "search_sync_job",
-    selection=dg.AssetSelection.assets("search_products"),
-    partitions_def=SEARCH_PARTITIONS,
-    description="Sync products into the search index (rotating on a new month).",
-)
-
-search_products_daily = dg.build_schedule_from_partitioned_job(
-    search_sync_job,
-    name="search_products_daily",
+    "search_products_daily",
+    SEARCH_PARTITIONS,
+    "Sync products into the search index (rotating on a new month).",
     hour_of_day=2,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
