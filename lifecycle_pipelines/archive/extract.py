@@ -60,7 +60,7 @@ class StagedPart:
         return digest.hexdigest(), base64.b64encode(digest.digest()).decode()
 
 
-class _CopyStream(io.RawIOBase):
+class CopyStream(io.RawIOBase):
     """A readable file over the chunks of a COPY TO STDOUT."""
 
     def __init__(self, chunks: Iterator[Any]) -> None:
@@ -113,7 +113,7 @@ def stream_batches(
     read, convert = _csv_options(shape)
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER true)").format(query)
     with conn.cursor() as cur, cur.copy(statement) as copy:
-        stream = io.BufferedReader(_CopyStream(iter(copy)), buffer_size=1 << 20)
+        stream = io.BufferedReader(CopyStream(iter(copy)), buffer_size=1 << 20)
         reader = pacsv.open_csv(stream, read_options=read, convert_options=convert)
         schema = shape.arrow_schema()
         for batch in reader:

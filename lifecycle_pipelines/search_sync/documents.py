@@ -12,12 +12,17 @@ database (and by a safety lag), and every run re-reads an overlap before its pre
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from psycopg.rows import dict_row
+
+from lifecycle_pipelines.archive.extract import CopyStream
 
 DOCUMENT_COLUMNS = (
     "product_id",
@@ -93,14 +98,50 @@ def changed_documents(
             yield batch
 
 
+_TYPES = {
+    "product_id": pa.int64(),
+    "sku": pa.string(),
+    "name": pa.string(),
+    "description": pa.string(),
+    "brand": pa.string(),
+    "category": pa.string(),
+    "price": pa.float64(),
+    "currency": pa.string(),
+    "in_stock": pa.bool_(),
+    "available_quantity": pa.int64(),
+    "is_active": pa.bool_(),
+    "updated_at": pa.string(),
+    "deleted": pa.bool_(),
+}
+
+
 def all_documents(
     conn: psycopg.Connection[Any], batch_size: int = 20_000
 ) -> Iterator[list[dict[str, Any]]]:
-    """Every product document (for a full load), in batches in product order."""
-    with conn.transaction(), conn.cursor(name="all_products", row_factory=dict_row) as cur:
-        cur.execute(_SELECT + " ORDER BY p.product_id")
-        while batch := cur.fetchmany(batch_size):
-            yield batch
+    """Every product document (for a full load), in batches in product order.
+
+    Streamed with COPY into Arrow and converted to dicts in C: several times faster than
+    fetching Python rows from a cursor.
+    """
+    read = pacsv.ReadOptions(block_size=4 << 20)
+    convert = pacsv.ConvertOptions(
+        column_types=_TYPES,
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["t"],
+        false_values=["f"],
+    )
+    statement = f"COPY ({_SELECT} ORDER BY p.product_id) TO STDOUT (FORMAT csv, HEADER true)"
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        stream = io.BufferedReader(CopyStream(iter(copy)), buffer_size=1 << 20)
+        pending: list[dict[str, Any]] = []
+        for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
+            pending.extend(batch.to_pylist())
+            while len(pending) >= batch_size:
+                yield pending[:batch_size]
+                pending = pending[batch_size:]
+        if pending:
+            yield pending
 
 
 VERSIONS_SQL = (

@@ -16,7 +16,10 @@ import numpy as np
 
 
 def version_hash(doc_id: str, version: Any) -> int:
-    """A 40-bit hash of one (id, updated_at) pair; sums of up to 2^23 of them fit in int64."""
+    """A 40-bit hash of one (id, updated_at) pair; sums of up to 2^23 of them fit in int64.
+
+    Stable across processes (SHA-256 based), so checksums can be recorded and compared later.
+    """
     return int.from_bytes(hashlib.sha256(f"{doc_id}|{version}".encode()).digest()[:5], "big")
 
 

@@ -260,42 +260,62 @@ class TantivyBackend:
             aliases[alias] = [new_index]
 
     # -- documents -------------------------------------------------------------------------
-    def _document(self, doc_id: str, source: Mapping[str, Any], kinds: dict[str, str]) -> str:
+    @staticmethod
+    def _plan(kinds: dict[str, str]) -> list[tuple[str, Any, tuple[str, ...], str | None]]:
+        """Per source field: its converter, the language copies and the n-gram field."""
+        converters: dict[str, Any] = {
+            "text": str,
+            "keyword": lambda v: [str(x) for x in v] if isinstance(v, list) else str(v),
+            "integer": int,
+            "long": int,
+            "short": int,
+            "float": float,
+            "double": float,
+            "scaled_float": float,
+            "half_float": float,
+            "boolean": bool,
+            "date": str,
+        }
+        plan = []
+        for name, kind in kinds.items():
+            if kind not in converters:
+                continue
+            languages = tuple(
+                language_field(name, lang)
+                for lang in LANGUAGE_ANALYZERS
+                if kind == "text" and language_field(name, lang) in kinds
+            )
+            grams = ngram_field(name) if kind == "text" and ngram_field(name) in kinds else None
+            plan.append((name, converters[kind], languages, grams))
+        return plan
+
+    @staticmethod
+    def _document(
+        doc_id: str,
+        source: Mapping[str, Any],
+        plan: list[tuple[str, Any, tuple[str, ...], str | None]],
+    ) -> str:
         """The tantivy JSON document of one source document (one call into tantivy per doc)."""
         doc: dict[str, Any] = {
             ID_FIELD: doc_id,
             SOURCE_FIELD: base64.b64encode(json.dumps(source, default=str).encode()).decode(),
         }
-        for name, kind in kinds.items():
-            if kind in ("ngram", "language"):
-                continue
+        for name, convert, languages, grams in plan:
             value = source.get(name)
             if value is None:
                 continue
-            if kind == "text":
-                text = str(value)
-                doc[name] = text
-                for language in LANGUAGE_ANALYZERS:
-                    if language_field(name, language) in kinds:
-                        doc[language_field(name, language)] = text
-                if ngram_field(name) in kinds:
-                    doc[ngram_field(name)] = edge_grams(text)
-            elif kind == "keyword":
-                doc[name] = [str(v) for v in value] if isinstance(value, list) else str(value)
-            elif kind in ("integer", "long", "short"):
-                doc[name] = int(value)
-            elif kind in ("float", "double", "scaled_float", "half_float"):
-                doc[name] = float(value)
-            elif kind == "boolean":
-                doc[name] = bool(value)
-            elif kind == "date":
-                doc[name] = str(value)
+            value = doc[name] = convert(value)
+            for field in languages:
+                doc[field] = value
+            if grams is not None:
+                doc[grams] = edge_grams(value)
         return json.dumps(doc)
 
     def bulk_upsert(self, index: str, docs: Iterable[tuple[str, Mapping[str, Any]]]) -> BulkResult:
         """Replace documents; like OpenSearch with `dynamic: strict`, a document with a field
         the mapping does not know, or a value of the wrong type, is refused on its own (400)."""
         opened, kinds = self._index(index)
+        plan = self._plan(kinds)
         known = self._properties.get(index)
         writer = opened.writer(self.writer_heap)
         result = BulkResult()
@@ -307,7 +327,7 @@ class TantivyBackend:
                 )
                 continue
             try:
-                document = self._document(doc_id, source, kinds)
+                document = self._document(doc_id, source, plan)
                 writer.delete_documents_by_term(ID_FIELD, doc_id)
                 writer.add_json(document)
             except ValueError as err:
