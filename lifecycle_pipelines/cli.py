@@ -7,6 +7,8 @@ lifecycle seed [--replace] [--users N ...]
 lifecycle env                 # the stack's settings as `export` lines
 lifecycle policy check [FILE]
 lifecycle search "QUERY"      # top hits from the configured search backend
+lifecycle erasure submit --user-id ID --requested-by WHO [--dry-run]
+lifecycle erasure status [REQUEST]
 lifecycle archive query "SQL" # DuckDB over readable archive objects (personal data decrypted
                               # only for subjects whose key exists)
 """
@@ -191,6 +193,54 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_request(request: Any) -> None:
+    merged = f" (merged into {request.merged_into})" if request.merged_into else ""
+    dry = " [dry run]" if request.dry_run else ""
+    _out(
+        f"request {request.request_id}: subject {request.subject_id} {request.state}{merged}{dry}"
+        f" - received {request.received_at:%Y-%m-%d %H:%M} UTC from {request.requested_by}"
+    )
+
+
+def cmd_erasure_submit(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.control import ensure_control_schema
+    from lifecycle_pipelines.erasure.requests import submit, validate
+
+    validate(args.user_id, args.requested_by)  # refuse bad input before touching anything
+    with (
+        _stack_resources(args) as resources,
+        resources.control_db.connect(autocommit=True) as control,
+        resources.shop_db.connect(autocommit=True) as shop,
+    ):
+        ensure_control_schema(control)
+        request = submit(control, shop, args.user_id, args.requested_by, dry_run=args.dry_run)
+    _print_request(request)
+    return 0
+
+
+def cmd_erasure_status(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.control import ensure_control_schema
+    from lifecycle_pipelines.erasure.requests import recent, status
+
+    with (
+        _stack_resources(args) as resources,
+        resources.control_db.connect(autocommit=True) as control,
+    ):
+        ensure_control_schema(control)
+        if args.request is None:
+            requests = recent(control)
+        else:
+            found = status(control, args.request)
+            if found is None:
+                raise ValueError(f"request: no erasure request {args.request}")
+            requests = [found]
+    for request in requests:
+        _print_request(request)
+    if not requests:
+        _out("(no erasure requests)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `lifecycle` command."""
     parser = argparse.ArgumentParser(
@@ -238,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--size", type=int, default=10, help="hits to print")
     search.set_defaults(func=cmd_search)
+
+    erasure = sub.add_parser("erasure", help="GDPR erasure requests")
+    erasure_sub = erasure.add_subparsers(dest="erasure_command", required=True)
+    submit_cmd = erasure_sub.add_parser("submit", help="record an erasure request")
+    submit_cmd.add_argument("--user-id", required=True, help="the shop's user id of the subject")
+    submit_cmd.add_argument("--requested-by", required=True, help="who asked (e-mail or account)")
+    submit_cmd.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    submit_cmd.set_defaults(func=cmd_erasure_submit)
+    status_cmd = erasure_sub.add_parser("status", help="one request, or the latest ones")
+    status_cmd.add_argument("request", type=int, nargs="?", default=None)
+    status_cmd.set_defaults(func=cmd_erasure_status)
 
     archive = sub.add_parser("archive", help="archive tools")
     archive_sub = archive.add_subparsers(dest="archive_command", required=True)

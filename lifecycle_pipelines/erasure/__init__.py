@@ -1,0 +1,1 @@
+"""GDPR erasure (issue 6). Built so far: request intake."""

@@ -1,0 +1,69 @@
+"""Erasure request intake: validation, duplicates merged, unknown subjects, the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from lifecycle_pipelines.cli import main
+from lifecycle_pipelines.control import ensure_control_schema
+from lifecycle_pipelines.erasure.requests import ErasureRequestError, submit, validate
+
+
+@pytest.fixture
+def control(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as conn:
+        ensure_control_schema(conn)
+        yield conn
+
+
+def _count(control: Any) -> int:
+    return int(control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("user_id", "requested_by", "field"),
+    [("abc", "privacy@shop.example", "user_id"), ("-3", "privacy@shop.example", "user_id"),
+     ("12", "", "requested_by"), ("12", "Robert'); DROP TABLE users;--", "requested_by")],
+)  # fmt: skip
+def test_malformed_requests_name_the_field_and_record_nothing(
+    control: Any, shop_conn: Any, user_id: str, requested_by: str, field: str
+) -> None:
+    before = _count(control)
+    with pytest.raises(ErasureRequestError, match=f"^{field}:"):
+        submit(control, shop_conn, user_id, requested_by)
+    assert _count(control) == before
+
+
+def test_duplicates_merge_and_unknown_subjects_complete(control: Any, shop_conn: Any) -> None:
+    first = submit(control, shop_conn, "17", "privacy@shop.example")
+    again = submit(control, shop_conn, " 017 ", "dpo@shop.example")
+    assert again.request_id == first.request_id and first.state == "received"
+    merged = control.execute(
+        "SELECT count(*) FROM lifecycle.erasure_requests WHERE merged_into = %s",
+        (first.request_id,),
+    ).fetchone()[0]
+    assert merged == 1
+    dry = submit(control, shop_conn, "17", "privacy@shop.example", dry_run=True)
+    assert dry.request_id != first.request_id and dry.dry_run
+    unknown = submit(control, shop_conn, "99999999", "privacy@shop.example")
+    assert unknown.state == "no_data_found"
+    assert validate("0042", " dpo@shop.example ") == ("42", "dpo@shop.example")
+
+
+def test_cli_submit_and_status(
+    stack_dir: Path, stack_info: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--state-dir", str(stack_dir), "erasure"]
+    assert main([*args, "submit", "--user-id", "23", "--requested-by", "dpo@shop.example"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "subject 23 received" in line
+    request = line.split()[1].rstrip(":")
+    assert main([*args, "status", request]) == 0
+    assert f"request {request}: subject 23" in capsys.readouterr().out
+    assert main([*args, "submit", "--user-id", "x", "--requested-by", "dpo@shop.example"]) == 2
+    assert "user_id: expected a positive integer" in capsys.readouterr().err
