@@ -8,6 +8,7 @@ from lifecycle_pipelines.assets.archive import (
     archive_restore_verification,
     archive_retention_expiry,
 )
+from lifecycle_pipelines.assets.erasure import erasure_soft_delete
 from lifecycle_pipelines.assets.platform import storage_layout_audit
 from lifecycle_pipelines.assets.search_sync import search_products
 from lifecycle_pipelines.assets.warehouse import warehouse_hourly
@@ -22,6 +23,7 @@ from lifecycle_pipelines.schedules.archive import (
     restore_verification_job,
     retention_expiry_job,
 )
+from lifecycle_pipelines.schedules.erasure import erasure_job, erasure_request_sensor
 from lifecycle_pipelines.schedules.search_sync import search_products_daily, search_sync_job
 from lifecycle_pipelines.schedules.warehouse import warehouse_hourly_schedule, warehouse_job
 
@@ -36,6 +38,7 @@ defs = dg.Definitions(
         archive_retention_expiry,
         search_products,
         warehouse_hourly,
+        erasure_soft_delete,
     ],
     jobs=[
         storage_layout_audit_job,
@@ -45,6 +48,7 @@ defs = dg.Definitions(
         retention_expiry_job,
         search_sync_job,
         warehouse_job,
+        erasure_job,
     ],
     schedules=[
         storage_layout_audit_daily,
@@ -54,6 +58,6 @@ defs = dg.Definitions(
         search_products_daily,
         warehouse_hourly_schedule,
     ],
-    sensors=[archive_restore_sensor],
+    sensors=[archive_restore_sensor, erasure_request_sensor],
     resources=resources_for(current_environment()),
 )

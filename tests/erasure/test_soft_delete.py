@@ -1,0 +1,128 @@
+"""Soft delete through the request sensor and the Dagster asset, on a shop of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import dagster as dg
+import psycopg
+import pytest
+from boto3.dynamodb.conditions import Key
+
+from lifecycle_pipelines.assets.erasure import ERASURE_PARTITIONS, erasure_soft_delete
+from lifecycle_pipelines.control import ensure_control_schema
+from lifecycle_pipelines.environments import resources_for
+from lifecycle_pipelines.erasure.requests import submit
+from lifecycle_pipelines.resources import PostgresResource
+from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
+from tests.conftest import private_shop
+
+SHOP = "shop_erasure_tests"
+
+
+@pytest.fixture(scope="session")
+def erasure_shop(local_stack: Any) -> str:
+    return private_shop(local_stack[0], SHOP)
+
+
+@pytest.fixture
+def shop(local_stack: Any, erasure_shop: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(local_stack[0].app_conninfo(erasure_shop), autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def control(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as conn:
+        ensure_control_schema(conn)
+        yield conn
+
+
+def _resources() -> dict[str, Any]:
+    resources = resources_for("local")
+    resources["shop_db"] = PostgresResource(
+        dbname=SHOP, credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"), sslmode="disable"
+    )
+    return resources
+
+
+def _subject_with_sessions() -> str:
+    sessions = boto3.resource("dynamodb").Table("Sessions").scan(Limit=50)["Items"]
+    return str(sessions[0]["userId"])
+
+
+def _run(request_id: int) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(ERASURE_PARTITIONS.name or "", [str(request_id)])
+    return dg.materialize(
+        [erasure_soft_delete],
+        resources=_resources(),
+        partition_key=str(request_id),
+        instance=instance,
+    )
+
+
+def test_soft_delete_masks_postgres_and_removes_dynamodb_items(shop: Any, control: Any) -> None:
+    subject = _subject_with_sessions()
+    sessions = boto3.resource("dynamodb").Table("Sessions")
+    before = sessions.query(
+        IndexName="userId-index", KeyConditionExpression=Key("userId").eq(subject)
+    )
+    assert before["Count"] > 0
+    dry = submit(control, shop, subject, "dpo@shop.example", dry_run=True)
+    assert _run(dry.request_id).success
+    still = shop.execute(
+        "SELECT full_name FROM users WHERE user_id = %s", (int(subject),)
+    ).fetchone()
+    assert still is not None and still[0] != "[erased]"  # a dry run changes nothing
+
+    request = submit(control, shop, subject, "dpo@shop.example")
+    result = _run(request.request_id)
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("erasure_soft_delete")[0].metadata
+    assert metadata["state"].value == "soft_deleted"
+    user = shop.execute(
+        "SELECT full_name, phone, email, deleted_at IS NOT NULL FROM users WHERE user_id = %s",
+        (int(subject),),
+    ).fetchone()
+    assert user == ("[erased]", None, f"erased+{subject}@invalid.example", True)
+    assert shop.execute(
+        "SELECT count(*) FROM addresses WHERE user_id = %s AND recipient <> '[erased]'",
+        (int(subject),),
+    ).fetchone() == (0,)
+    after = sessions.query(
+        IndexName="userId-index", KeyConditionExpression=Key("userId").eq(subject)
+    )
+    assert after["Count"] == 0
+    prefs = boto3.resource("dynamodb").Table("UserPreferences").get_item(Key={"userId": subject})
+    assert "Item" not in prefs
+    ledger = control.execute(
+        "SELECT store, detail->>'changed' FROM lifecycle.erasure_ledger WHERE request_id = %s"
+        " ORDER BY entry_id",
+        (request.request_id,),
+    ).fetchall()
+    assert ("dynamodb.Sessions", str(before["Count"])) in ledger
+    text = str(ledger) + str({k: v.value for k, v in metadata.items()})
+    assert "@" not in text.replace("dpo@shop.example", "")  # no personal data in ledger/metadata
+    again = _run(request.request_id)  # repeating changes nothing
+    assert (
+        again.asset_materializations_for_node("erasure_soft_delete")[0]
+        .metadata["rows_changed"]
+        .value
+        == 0
+    )
+
+
+def test_the_sensor_turns_new_requests_into_partitions(shop: Any, control: Any) -> None:
+    request = submit(control, shop, "5", "dpo@shop.example", dry_run=True)
+    resources = {"control_db": resources_for("local")["control_db"]}
+    with dg.build_sensor_context(
+        resources=resources, cursor=str(request.request_id - 1)
+    ) as context:
+        result = erasure_request_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    assert next(r.partition_key for r in result.run_requests or []) == str(request.request_id)
+    assert result.cursor is not None and int(result.cursor) >= request.request_id
