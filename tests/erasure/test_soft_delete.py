@@ -53,6 +53,38 @@ def _subject_with_sessions() -> str:
     return str(sessions[0]["userId"])
 
 
+@pytest.fixture
+def subject() -> Iterator[str]:
+    """A subject with sessions; their DynamoDB items are put back afterwards (the tables are
+    shared with the rest of the session)."""
+    dynamodb = boto3.resource("dynamodb")
+    chosen = _subject_with_sessions()
+    saved = {
+        "Sessions": dynamodb.Table("Sessions").query(
+            IndexName="userId-index", KeyConditionExpression=Key("userId").eq(chosen)
+        )["Items"],
+        "UserPreferences": [
+            item
+            for item in [
+                dynamodb.Table("UserPreferences").get_item(Key={"userId": chosen}).get("Item")
+            ]
+            if item is not None
+        ],
+    }
+    full = {
+        "Sessions": [
+            dynamodb.Table("Sessions").get_item(Key={"sessionId": i["sessionId"]})["Item"]
+            for i in saved["Sessions"]
+        ],
+        "UserPreferences": saved["UserPreferences"],
+    }
+    yield chosen
+    for table, items in full.items():
+        with dynamodb.Table(table).batch_writer() as batch:
+            for item in items:
+                batch.put_item(Item=item)
+
+
 def _run(request_id: int) -> dg.ExecuteInProcessResult:
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(ERASURE_PARTITIONS.name or "", [str(request_id)])
@@ -64,8 +96,9 @@ def _run(request_id: int) -> dg.ExecuteInProcessResult:
     )
 
 
-def test_soft_delete_masks_postgres_and_removes_dynamodb_items(shop: Any, control: Any) -> None:
-    subject = _subject_with_sessions()
+def test_soft_delete_masks_postgres_and_removes_dynamodb_items(
+    shop: Any, control: Any, subject: str
+) -> None:
     sessions = boto3.resource("dynamodb").Table("Sessions")
     before = sessions.query(
         IndexName="userId-index", KeyConditionExpression=Key("userId").eq(subject)
