@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import boto3
 import psycopg
@@ -73,6 +74,20 @@ def private_shop(stack: LocalStack, name: str) -> str:
     with psycopg.connect(stack.app_conninfo(name)) as conn:
         seed_shop(conn, TEST_SIZE)
     return name
+
+
+def resources_with_shop(dbname: str) -> dict[str, Any]:
+    """The local resources with `shop_db` bound to a test package's own shop database."""
+    import dagster as dg
+
+    from lifecycle_pipelines.environments import resources_for
+    from lifecycle_pipelines.resources import PostgresResource
+
+    resources = resources_for("local")
+    resources["shop_db"] = PostgresResource(
+        dbname=dbname, credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"), sslmode="disable"
+    )
+    return resources
 
 
 @pytest.fixture

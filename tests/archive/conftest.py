@@ -23,10 +23,8 @@ from lifecycle_pipelines.archive.plan import ArchiveMonth
 from lifecycle_pipelines.archive.reader import download, read_parquet, request_restore
 from lifecycle_pipelines.archive.stats import ReconStats, source_stats, table_stats
 from lifecycle_pipelines.assets.archive import archive_month_assets
-from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
-from lifecycle_pipelines.resources import PostgresResource
-from tests.conftest import private_shop
+from tests.conftest import private_shop, resources_with_shop
 
 ARCHIVE_SHOP_DB = "shop_archive_tests"
 
@@ -49,13 +47,7 @@ def shop_conn(
 
 def archive_resources() -> dict[str, Any]:
     """The local resources with `shop_db` bound to the archive tests' database."""
-    resources = resources_for("local")
-    resources["shop_db"] = PostgresResource(
-        dbname=ARCHIVE_SHOP_DB,
-        credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"),
-        sslmode="disable",
-    )
-    return resources
+    return resources_with_shop(ARCHIVE_SHOP_DB)
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from lifecycle_pipelines.assets.erasure import ERASURE_PARTITIONS, erasure_soft_
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.erasure.requests import submit
-from lifecycle_pipelines.resources import PostgresResource
 from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
-from tests.conftest import private_shop
+from tests.conftest import private_shop, resources_with_shop
 
 SHOP = "shop_erasure_tests"
 
@@ -41,11 +40,7 @@ def control(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _resources() -> dict[str, Any]:
-    resources = resources_for("local")
-    resources["shop_db"] = PostgresResource(
-        dbname=SHOP, credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"), sslmode="disable"
-    )
-    return resources
+    return resources_with_shop(SHOP)
 
 
 def _subject_with_sessions() -> str:

@@ -9,19 +9,14 @@ import dagster as dg
 import pytest
 
 from lifecycle_pipelines.assets.search_sync import search_products
-from lifecycle_pipelines.environments import resources_for
-from lifecycle_pipelines.resources import PostgresResource, SearchResource
+from lifecycle_pipelines.resources import SearchResource
 from lifecycle_pipelines.search_sync import index_config
+from tests.conftest import resources_with_shop
 from tests.search_sync.conftest import SEARCH_SHOP_DB
 
 
 def _resources(tmp_path: Path) -> dict[str, Any]:
-    resources = resources_for("local")
-    resources["shop_db"] = PostgresResource(
-        dbname=SEARCH_SHOP_DB,
-        credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"),
-        sslmode="disable",
-    )
+    resources = resources_with_shop(SEARCH_SHOP_DB)
     resources["search"] = SearchResource(backend="tantivy", local_dir=str(tmp_path / "search"))
     return resources
 

@@ -14,9 +14,9 @@ from dagster._core.errors import DagsterUnknownPartitionError
 from lifecycle_pipelines.assets.warehouse import warehouse_hourly
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
-from lifecycle_pipelines.resources import PostgresResource, S3Resource
+from lifecycle_pipelines.resources import S3Resource
 from lifecycle_pipelines.warehouse.loader import HourLoader
-from tests.conftest import private_shop
+from tests.conftest import private_shop, resources_with_shop
 
 SHOP = "shop_warehouse_tests"
 
@@ -39,11 +39,7 @@ def warehouse(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _resources() -> dict[str, Any]:
-    resources = resources_for("local")
-    resources["shop_db"] = PostgresResource(
-        dbname=SHOP, credentials_secret_id=dg.EnvVar("LIFECYCLE_DB_SECRET_ID"), sslmode="disable"
-    )
-    return resources
+    return resources_with_shop(SHOP)
 
 
 def _busiest_hour(shop: Any) -> datetime:
