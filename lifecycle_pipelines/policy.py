@@ -89,7 +89,7 @@ class DataTypePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     description: str = ""
-    store: Literal["postgres", "dynamodb", "cloudwatch"]
+    store: Literal["postgres", "dynamodb", "opensearch", "cloudwatch"]
     service: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
     table: Identifier
     schema_name: Identifier = Field(default="public", alias="schema")
@@ -187,6 +187,15 @@ class RetentionPolicy(BaseModel):
     def archived_types(self) -> dict[str, DataTypePolicy]:
         """The data types archived from PostgreSQL by month, by name."""
         return {name: dt for name, dt in self.data_types.items() if dt.archived}
+
+    def subject_search_indices(self) -> list[tuple[str, str]]:
+        """(index pattern, subject field) of every search data type that holds data subjects:
+        monthly indices `{service}-{table}-YYYY-MM`, matched as `{service}-{table}-*`."""
+        return [
+            (f"{dt.service}-{dt.table}-*", dt.subject_column)
+            for dt in self.data_types.values()
+            if dt.store == "opensearch" and dt.subject_column
+        ]
 
     def get(self, name: str) -> DataTypePolicy:
         """The policy of data type `name`; PolicyError names it when unknown."""
