@@ -9,6 +9,11 @@ lifecycle policy check [FILE]
 lifecycle search "QUERY"      # top hits from the configured search backend
 lifecycle erasure submit --user-id ID --requested-by WHO [--dry-run]
 lifecycle erasure status [REQUEST]
+lifecycle erasure hold (--user-id ID | --s3-uri URI) --reason TEXT --placed-by WHO
+lifecycle erasure lift HOLD --lifted-by WHO
+lifecycle erasure certificate REQUEST   # the stored certificate (JSON)
+lifecycle erasure verify-chain          # every certificate's hash and link
+lifecycle erasure replay                # re-apply the ledger after a restore
 lifecycle archive query "SQL" # DuckDB over readable archive objects (personal data decrypted
                               # only for subjects whose key exists)
 """
@@ -200,6 +205,8 @@ def _print_request(request: Any) -> None:
         f"request {request.request_id}: subject {request.subject_id} {request.state}{merged}{dry}"
         f" - received {request.received_at:%Y-%m-%d %H:%M} UTC from {request.requested_by}"
     )
+    if request.hold_reason:
+        _out(f"  held: {request.hold_reason}")
 
 
 def cmd_erasure_submit(args: argparse.Namespace) -> int:
@@ -238,6 +245,106 @@ def cmd_erasure_status(args: argparse.Namespace) -> int:
         _print_request(request)
     if not requests:
         _out("(no erasure requests)")
+    return 0
+
+
+def _control(args: argparse.Namespace) -> Any:
+    """(resources, control connection) context for the erasure commands."""
+    from contextlib import ExitStack
+
+    from lifecycle_pipelines.control import ensure_control_schema
+
+    stack = ExitStack()
+    resources = stack.enter_context(_stack_resources(args))
+    control = stack.enter_context(resources.control_db.connect(autocommit=True))
+    ensure_control_schema(control)
+    return stack, resources, control
+
+
+def cmd_erasure_hold(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.erasure.holds import place_hold
+
+    stack, _, control = _control(args)
+    with stack:
+        hold_id = place_hold(
+            control,
+            placed_by=args.placed_by,
+            reason=args.reason,
+            user_id=args.user_id,
+            s3_uri=args.s3_uri,
+        )
+    _out(f"hold {hold_id} placed; hard deletion covered by it waits until it is lifted")
+    return 0
+
+
+def cmd_erasure_lift(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.erasure.holds import lift_hold
+
+    stack, _, control = _control(args)
+    with stack:
+        if not lift_hold(control, args.hold, args.lifted_by):
+            raise ValueError(f"hold: no active hold {args.hold}")
+    _out(f"hold {args.hold} lifted; the next daily sweep resumes the deferred requests")
+    return 0
+
+
+def cmd_erasure_certificate(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.erasure import certificate
+
+    stack, resources, control = _control(args)
+    with stack:
+        cert = certificate.get(control, args.request)
+        if cert is None:
+            raise ValueError(f"request: request {args.request} has no certificate yet")
+        get = {"Bucket": cert.bucket, "Key": cert.object_key}
+        if cert.version_id:
+            get["VersionId"] = cert.version_id
+        body = resources.s3.client("s3").get_object(**get)["Body"].read()
+    _out(body.decode())
+    _out(f"-- {cert.uri} sha256 {cert.sha256}")
+    return 0
+
+
+def cmd_erasure_verify_chain(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.erasure import certificate
+
+    stack, resources, control = _control(args)
+    with stack:
+        problems = certificate.verify_chain(control, resources.s3)
+        count = control.execute("SELECT count(*) FROM lifecycle.erasure_certificates").fetchone()
+    for problem in problems:
+        _out(problem)
+    _out(f"-- {count[0] if count else 0} certificates, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+def cmd_erasure_replay(args: argparse.Namespace) -> int:
+    from lifecycle_pipelines.archive.eraser import rewrite_pending
+    from lifecycle_pipelines.assets.erasure.erasers import open_stores
+    from lifecycle_pipelines.control import ensure_control_schema
+    from lifecycle_pipelines.erasure.replay import replay_ledger
+
+    with (
+        _stack_resources(args) as r,
+        open_stores(
+            control_db=r.control_db, shop_db=r.shop_db, s3=r.s3, dynamodb=r.dynamodb,
+            search=r.search, warehouse=r.warehouse,
+        ) as stores,
+    ):  # fmt: skip
+        ensure_control_schema(stores.control)
+        report = replay_ledger(
+            stores.control,
+            subject_of=stores.subject,
+            hard_erasers=stores.erasers,
+            soft_delete=lambda request: stores.soft_delete(request, dry_run=False),
+        )
+        rewrites = rewrite_pending(stores.control, r.s3)
+    for store, n in sorted(report.reerased.items()):
+        _out(f"{store}: {n} erased again")
+    _out(
+        f"-- {report.requests} requests re-applied, {report.total} items erased again, "
+        f"{rewrites['rewritten']} archive objects rewritten"
+    )
     return 0
 
 
@@ -299,6 +406,26 @@ def build_parser() -> argparse.ArgumentParser:
     status_cmd = erasure_sub.add_parser("status", help="one request, or the latest ones")
     status_cmd.add_argument("request", type=int, nargs="?", default=None)
     status_cmd.set_defaults(func=cmd_erasure_status)
+    hold_cmd = erasure_sub.add_parser("hold", help="place a legal hold on a subject or object")
+    target = hold_cmd.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user-id", help="hold every erasure of this subject")
+    target.add_argument("--s3-uri", help="hold an archive object (s3://bucket/key)")
+    hold_cmd.add_argument("--reason", required=True, help="why (recorded with the hold)")
+    hold_cmd.add_argument("--placed-by", required=True, help="who (e-mail or account)")
+    hold_cmd.set_defaults(func=cmd_erasure_hold)
+    lift_cmd = erasure_sub.add_parser("lift", help="lift a legal hold")
+    lift_cmd.add_argument("hold", type=int)
+    lift_cmd.add_argument("--lifted-by", required=True, help="who (e-mail or account)")
+    lift_cmd.set_defaults(func=cmd_erasure_lift)
+    cert_cmd = erasure_sub.add_parser("certificate", help="print a request's certificate")
+    cert_cmd.add_argument("request", type=int)
+    cert_cmd.set_defaults(func=cmd_erasure_certificate)
+    erasure_sub.add_parser(
+        "verify-chain", help="check every certificate's hash and link"
+    ).set_defaults(func=cmd_erasure_verify_chain)
+    erasure_sub.add_parser(
+        "replay", help="re-apply the erasure ledger after a database or archive restore"
+    ).set_defaults(func=cmd_erasure_replay)
 
     archive = sub.add_parser("archive", help="archive tools")
     archive_sub = archive.add_subparsers(dest="archive_command", required=True)

@@ -8,7 +8,13 @@ from lifecycle_pipelines.assets.archive import (
     archive_restore_verification,
     archive_retention_expiry,
 )
-from lifecycle_pipelines.assets.erasure import erasure_soft_delete
+from lifecycle_pipelines.assets.erasure import (
+    erasure_archive_rewrites,
+    erasure_hard_delete,
+    erasure_ledger_replay,
+    erasure_request_job,
+    erasure_soft_delete,
+)
 from lifecycle_pipelines.assets.platform import storage_layout_audit
 from lifecycle_pipelines.assets.search_sync import search_products
 from lifecycle_pipelines.assets.warehouse import warehouse_hourly
@@ -23,7 +29,14 @@ from lifecycle_pipelines.schedules.archive import (
     restore_verification_job,
     retention_expiry_job,
 )
-from lifecycle_pipelines.schedules.erasure import erasure_job, erasure_request_sensor
+from lifecycle_pipelines.schedules.erasure import (
+    erasure_hard_delete_job,
+    erasure_hard_delete_sweep,
+    erasure_job,
+    erasure_request_sensor,
+    erasure_rewrites_daily,
+    erasure_rewrites_job,
+)
 from lifecycle_pipelines.schedules.search_sync import search_products_daily, search_sync_job
 from lifecycle_pipelines.schedules.warehouse import warehouse_hourly_schedule, warehouse_job
 
@@ -39,6 +52,9 @@ defs = dg.Definitions(
         search_products,
         warehouse_hourly,
         erasure_soft_delete,
+        erasure_hard_delete,
+        erasure_archive_rewrites,
+        erasure_ledger_replay,
     ],
     jobs=[
         storage_layout_audit_job,
@@ -49,6 +65,9 @@ defs = dg.Definitions(
         search_sync_job,
         warehouse_job,
         erasure_job,
+        erasure_hard_delete_job,
+        erasure_rewrites_job,
+        erasure_request_job,
     ],
     schedules=[
         storage_layout_audit_daily,
@@ -57,6 +76,8 @@ defs = dg.Definitions(
         archive_retention_expiry_daily,
         search_products_daily,
         warehouse_hourly_schedule,
+        erasure_hard_delete_sweep,
+        erasure_rewrites_daily,
     ],
     sensors=[archive_restore_sensor, erasure_request_sensor],
     resources=resources_for(current_environment()),

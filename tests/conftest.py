@@ -56,20 +56,31 @@ def local_stack(stack_dir: Path) -> Iterator[tuple[LocalStack, StackInfo]]:
         os.environ.update(saved)
 
 
-def private_shop(stack: LocalStack, name: str) -> str:
-    """Create (afresh) and seed a shop database of a test package's own, for tests that delete
-    or change source rows; returns its name."""
+def private_database(stack: LocalStack, name: str) -> str:
+    """Create (afresh) an empty database owned by the application role; returns its name."""
     from psycopg import sql
 
-    from lifecycle_pipelines.local.bootstrap import APP_ROLE, BootstrapReport, migrate_shop
+    from lifecycle_pipelines.local.bootstrap import APP_ROLE
 
     with psycopg.connect(stack.postgres.start().conninfo(), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(
             sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(name), sql.Identifier(APP_ROLE)
             )
         )
+    return name
+
+
+def private_shop(stack: LocalStack, name: str) -> str:
+    """Create (afresh) and seed a shop database of a test package's own, for tests that delete
+    or change source rows; returns its name."""
+    from lifecycle_pipelines.local.bootstrap import BootstrapReport, migrate_shop
+
+    private_database(stack, name)
     migrate_shop(stack.app_conninfo(name), BootstrapReport())
     with psycopg.connect(stack.app_conninfo(name)) as conn:
         seed_shop(conn, TEST_SIZE)

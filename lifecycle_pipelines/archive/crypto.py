@@ -131,13 +131,23 @@ class SubjectKeyring:
         return result
 
     def destroy(self, subject_id: str) -> bool:
-        """Crypto-shred one subject's key; True if a live key was destroyed now."""
+        """Crypto-shred one subject's key; True if a live key was destroyed now.
+
+        A subject without a key gets a tombstone instead, so that no later archive run creates
+        one for them (their personal columns are then written as NULL)."""
         cur = self._control.execute(
             "UPDATE lifecycle.subject_keys SET wrapped_key = NULL, destroyed_at = now()"
             " WHERE subject_id = %s AND wrapped_key IS NOT NULL",
             (subject_id,),
         )
-        return cur.rowcount == 1
+        if cur.rowcount == 1:
+            return True
+        self._control.execute(
+            "INSERT INTO lifecycle.subject_keys (subject_id, kek_id, wrapped_key, destroyed_at)"
+            " VALUES (%s, NULL, NULL, now()) ON CONFLICT (subject_id) DO NOTHING",
+            (subject_id,),
+        )
+        return False
 
 
 def subject_ids(column: pa.ChunkedArray | pa.Array) -> list[str]:

@@ -44,7 +44,8 @@ def expires_on(policy: DataTypePolicy, month: date) -> date | None:
     return next_month + timedelta(days=period.approx_days())
 
 
-def _versions(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+def object_versions(client: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    """Every version and delete marker of exactly `key`."""
     found: list[dict[str, Any]] = []
     paginator = client.get_paginator("list_object_versions")
     for page in paginator.paginate(Bucket=bucket, Prefix=key):
@@ -99,7 +100,7 @@ def expire_archives(
             for entry in manifest.get_objects(conn, data_type, month):
                 if entry.state not in ("verified", "purged", "held"):
                     continue
-                versions = _versions(client, entry.bucket, entry.object_key)
+                versions = object_versions(client, entry.bucket, entry.object_key)
                 reasons = [
                     r
                     for v in versions
@@ -134,7 +135,7 @@ def expire_archives(
             if held_here:
                 continue
             if keys_bucket and keys_key:
-                for version in _versions(client, keys_bucket, keys_key):
+                for version in object_versions(client, keys_bucket, keys_key):
                     client.delete_object(
                         Bucket=keys_bucket, Key=keys_key, VersionId=version["VersionId"]
                     )

@@ -45,9 +45,16 @@ class Readability:
 
 def readability(s3_client: Any, entry: ObjectEntry) -> Readability:
     """HeadObject of the recorded version: readable unless archived and not restored."""
-    args = {"Bucket": entry.bucket, "Key": entry.object_key}
-    if entry.version_id:
-        args["VersionId"] = entry.version_id
+    return object_readability(s3_client, entry.bucket, entry.object_key, entry.version_id)
+
+
+def object_readability(
+    s3_client: Any, bucket: str, key: str, version_id: str | None
+) -> Readability:
+    """HeadObject of one version: readable unless archived and not restored."""
+    args = {"Bucket": bucket, "Key": key}
+    if version_id:
+        args["VersionId"] = version_id
     head = s3_client.head_object(**args)
     storage_class = head.get("StorageClass", "STANDARD")
     restore = head.get("Restore")

@@ -18,6 +18,11 @@ import psycopg
 
 _REQUESTER = re.compile(r"^[\w.+-]+@[\w-]+(\.[\w-]+)+$|^[a-z][a-z0-9_.-]{2,63}$")
 
+_SELECT = (
+    "SELECT request_id, subject_id, requested_by, dry_run, state, received_at, merged_into,"
+    " soft_deleted_at, hard_deleted_at, hold_reason FROM lifecycle.erasure_requests"
+)
+
 
 class ErasureRequestError(ValueError):
     """The request is malformed; the message names the field. Nothing was recorded."""
@@ -34,6 +39,9 @@ class ErasureRequest:
     state: str
     received_at: datetime
     merged_into: int | None
+    soft_deleted_at: datetime | None = None
+    hard_deleted_at: datetime | None = None
+    hold_reason: str | None = None
 
 
 def validate(user_id: str, requested_by: str) -> tuple[str, str]:
@@ -103,8 +111,7 @@ def submit(
 def status(control: psycopg.Connection[Any], request_id: int) -> ErasureRequest | None:
     """A request by id, or None."""
     row = control.execute(
-        "SELECT request_id, subject_id, requested_by, dry_run, state, received_at, merged_into"
-        " FROM lifecycle.erasure_requests WHERE request_id = %s",
+        _SELECT + " WHERE request_id = %s",
         (request_id,),
     ).fetchone()
     return None if row is None else ErasureRequest(*row)
@@ -113,8 +120,7 @@ def status(control: psycopg.Connection[Any], request_id: int) -> ErasureRequest 
 def recent(control: psycopg.Connection[Any], limit: int = 20) -> list[ErasureRequest]:
     """The latest requests, newest first."""
     rows = control.execute(
-        "SELECT request_id, subject_id, requested_by, dry_run, state, received_at, merged_into"
-        " FROM lifecycle.erasure_requests ORDER BY request_id DESC LIMIT %s",
+        _SELECT + " ORDER BY request_id DESC LIMIT %s",
         (limit,),
     ).fetchall()
     return [ErasureRequest(*r) for r in rows]

@@ -3,7 +3,7 @@
 - PostgreSQL: the user is marked deleted and their personal fields masked, with their
   addresses, in one transaction (orders keep their shipping snapshot until the hard delete).
 - DynamoDB: the subject's Sessions (through `userId-index`) and UserPreferences are deleted.
-- Search: the product index holds no documents about users; this is recorded as checked.
+- Search: the subject's documents are removed from every index (the search eraser).
 Each store's result (counts only, never the data) goes to the append-only erasure ledger. A
 dry run counts what would change and changes nothing. Running again finds nothing more.
 """
@@ -11,23 +11,14 @@ dry run counts what would change and changes nothing. Running again finds nothin
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from boto3.dynamodb.conditions import Key
 
+from lifecycle_pipelines.erasure.stores import StoreResult
+
 MASK = "[erased]"
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """What one store held for the subject and what was removed or masked."""
-
-    store: str
-    found: int
-    changed: int
-    note: str = ""
 
 
 def soft_delete_postgres(
@@ -95,11 +86,6 @@ def soft_delete_dynamodb(
     ]
 
 
-def search_result() -> StoreResult:
-    """The product index holds no documents about users."""
-    return StoreResult("search", 0, 0, "the product index holds no documents about users")
-
-
 def record(
     control: psycopg.Connection[Any], request_id: int, results: list[StoreResult], *, dry_run: bool
 ) -> None:
@@ -120,7 +106,8 @@ def record(
             )
         if not dry_run:
             control.execute(
-                "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now()"
+                "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now(),"
+                " soft_deleted_at = now()"
                 " WHERE request_id = %s AND state = 'received'",
                 (request_id,),
             )

@@ -10,6 +10,12 @@
 4. One warehouse transaction loads every table: a temporary stage shaped like the target,
    COPY (Redshift: FROM S3 with the IAM role; PostgreSQL: FROM STDIN), stale rows dropped, MERGE.
    Re-running an hour changes nothing; a late change lands on its existing row.
+
+Soft-deleted users (the shop's `users.deleted_at` is set by an erasure request or an account
+closure) are excluded from the moment of the soft delete: their rows of the hour are not loaded
+into dim_users and their existing dim_users row is deleted in the load's transaction; fact_orders
+rows of the hour whose user is soft-deleted are loaded with `user_key` NULL. The hard delete
+(`warehouse/eraser.py`) later nulls their older fact rows too.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class TableLoad:
     uri: str
     source: ReconStats
     new_columns: list[str] = field(default_factory=list)
+    excluded: int = 0  # rows of soft-deleted users: not loaded (dim_users) or without user key
 
 
 @dataclass
@@ -86,8 +93,38 @@ def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:
     )
 
 
+def without_users(user_ids: pa.ChunkedArray | pa.Array, excluded: list[int]) -> pa.Array:
+    """`user_ids` with every id in `excluded` replaced by NULL (vectorised)."""
+    ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+    if not excluded:
+        return ids
+    mask = pc.is_in(ids, value_set=pa.array(excluded, ids.type))
+    return pc.if_else(mask, pa.scalar(None, ids.type), ids)
+
+
 def date_keys(times: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.cast(pc.strftime(times, format="%Y%m%d"), pa.int32())
+
+
+DELETED_USERS = "SELECT user_id FROM users WHERE deleted_at IS NOT NULL AND user_id = ANY(%s)"
+PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
+
+
+def is_user_dimension(table: WarehouseTable) -> bool:
+    """Whether the table's rows are users (keyed by the user key): soft-deleted users are left
+    out of it; other tables with a user key keep their rows with the key NULL."""
+    return table.key == USER_KEY.name
+
+
+@dataclass
+class Staged:
+    """One table's batch, staged and ready to load."""
+
+    table: WarehouseTable
+    columns: list[tuple[str, str]]
+    arrow: pa.Table
+    uri: str
+    purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
 
 
 class HourLoader:
@@ -139,12 +176,14 @@ class HourLoader:
         staged = []
         for table, source, columns, new in plans:
             arrow, stats = self._extract(table, source, hour, end)
-            arrow = self._transform(table, arrow, [c for c, _ in columns])
+            arrow, purge, excluded = self._transform(table, arrow, [c for c, _ in columns])
             uri = self._stage(table, arrow, hour)
-            staged.append((table, columns, arrow, uri))
-            result.tables.append(TableLoad(table, arrow.num_rows, uri, stats, new))
+            staged.append(Staged(table, columns, arrow, uri, purge))
+            result.tables.append(TableLoad(table, arrow.num_rows, uri, stats, new, excluded))
             if new:
                 self.log.warning(f"{table.source_table}: new column(s) {new} not loaded (policy)")
+            if excluded:
+                self.log.info(f"{table.name}: {excluded} row(s) of soft-deleted users excluded")
         self._load(staged, result)
         result.seconds = time.perf_counter() - started
         return result
@@ -170,15 +209,44 @@ class HourLoader:
         )
         batches = list(stream_batches(self.shop, shape, select_month(shape, rel, where)))
         arrow = pa.Table.from_batches(batches) if batches else shape.arrow_schema().empty_table()
+        if is_user_dimension(table):  # reconcile like with like: soft-deleted users are not loaded
+            where = psql.SQL("{} AND t.deleted_at IS NULL").format(where)
         stats = source_stats(self.shop, rel, key, list(table.money), where)
         return arrow, stats
 
-    def _transform(self, table: WarehouseTable, arrow: pa.Table, columns: list[str]) -> pa.Table:
+    def _transform(
+        self, table: WarehouseTable, arrow: pa.Table, columns: list[str]
+    ) -> tuple[pa.Table, list[str], int]:
+        """The batch as the warehouse takes it, the user keys to delete from the table, and the
+        number of rows excluded (soft-deleted users)."""
+        purge: list[str] = []
+        excluded = 0
+        if is_user_dimension(table):
+            deleted = pc.is_valid(arrow.column("deleted_at"))
+            excluded = pc.sum(deleted).as_py() or 0
+            if excluded:
+                gone = arrow.filter(deleted).column("user_id")
+                purge = [k for k in user_keys(gone, self.key).to_pylist() if k is not None]
+                arrow = arrow.filter(pc.invert(deleted))
         if USER_KEY in table.derived:
-            arrow = arrow.append_column("user_key", user_keys(arrow.column("user_id"), self.key))
+            ids = arrow.column("user_id")
+            if not is_user_dimension(table):
+                masked = without_users(ids, self._deleted_users(ids))
+                excluded = masked.null_count - ids.null_count
+                ids = masked
+            arrow = arrow.append_column("user_key", user_keys(ids, self.key))
         if "date_key" in columns:
             arrow = arrow.append_column("date_key", date_keys(arrow.column("created_at")))
-        return arrow.select(columns)
+        return arrow.select(columns), purge, excluded
+
+    def _deleted_users(self, user_ids: pa.ChunkedArray | pa.Array) -> list[int]:
+        """The soft-deleted users among `user_ids`, in one query."""
+        distinct = pc.drop_null(pc.unique(user_ids)).to_pylist()
+        if not distinct:
+            return []
+        with self.shop.cursor() as cur:
+            cur.execute(DELETED_USERS, (distinct,))
+            return [int(row[0]) for row in cur.fetchall()]
 
     def _stage(self, table: WarehouseTable, arrow: pa.Table, hour: datetime) -> str:
         key = f"warehouse/{table.name}/hour={hour:%Y-%m-%dT%H}/part-00000.parquet"
@@ -204,23 +272,22 @@ class HourLoader:
         with cur.copy(f"COPY {sql.ident(stage)} ({columns}) FROM STDIN (FORMAT csv)") as copy:
             copy.write(csv.getvalue())
 
-    def _load(
-        self,
-        staged: list[tuple[WarehouseTable, list[tuple[str, str]], pa.Table, str]],
-        result: HourLoad,
-    ) -> None:
+    def _load(self, staged: list[Staged], result: HourLoad) -> None:
         conn = self.warehouse
         with conn.cursor() as cur:
             cur.execute(sql.create_schema(self.schema))
-            for table, columns, _, _ in staged:
-                cur.execute(sql.create_table(self.schema, table.name, columns, table.key))
+            for item in staged:
+                cur.execute(
+                    sql.create_table(self.schema, item.table.name, item.columns, item.table.key)
+                )
             cur.execute(
                 sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
             )
         conn.commit()
         with conn.cursor() as cur:
             dates: set[int] = set()
-            for table, columns, arrow, uri in staged:
+            for item in staged:
+                table, columns, arrow, uri = item.table, item.columns, item.arrow, item.uri
                 stage = f"stage_{table.name}"
                 cur.execute(sql.create_stage(self.schema, table.name, stage))
                 self._copy_into_stage(cur, stage, arrow, uri)
@@ -235,8 +302,15 @@ class HourLoader:
                     dates.update(k for k in arrow.column("date_key").to_pylist() if k is not None)
                 result.frames[table.name] = self._warehouse_frame(cur, table, stage)
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
+                self._purge(cur, table, item.purge)
             self._merge_dates(cur, sorted(dates))
         conn.commit()
+
+    def _purge(self, cur: Any, table: WarehouseTable, keys: list[str]) -> None:
+        """Delete the rows of soft-deleted users (bound keys, in chunks)."""
+        for start in range(0, len(keys), PURGE_CHUNK):
+            chunk = tuple(keys[start : start + PURGE_CHUNK])
+            cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
 
     def _warehouse_frame(self, cur: Any, table: WarehouseTable, stage: str) -> pd.DataFrame:
         """The merged rows of the staged keys, as the warehouse now holds them."""

@@ -60,3 +60,36 @@ def redshift_copy(stage: str, s3_uri: str, iam_role_arn: str) -> str:
     quote = render(sql.Literal(s3_uri))
     role = render(sql.Literal(iam_role_arn))
     return f"COPY {ident(stage)} FROM {quote} IAM_ROLE {role} FORMAT AS PARQUET"
+
+
+# -- erasure and exclusion (bound parameters: `%s` is the paramstyle of psycopg and of
+# redshift_connector alike) ---------------------------------------------------------------------
+def existing_tables(count: int) -> str:
+    """The names among `count` table names (bound) that exist in a schema (bound first)."""
+    names = ", ".join(["%s"] * count)
+    return (
+        "SELECT table_name FROM information_schema.tables "
+        f"WHERE table_schema = %s AND table_name IN ({names})"
+    )
+
+
+def count_matching(schema: str, table: str, column: str) -> str:
+    """Count the rows whose `column` equals the bound value."""
+    return f"SELECT count(*) FROM {ident(schema, table)} WHERE {ident(column)} = %s"
+
+
+def delete_matching(schema: str, table: str, column: str) -> str:
+    """Delete the rows whose `column` equals the bound value."""
+    return f"DELETE FROM {ident(schema, table)} WHERE {ident(column)} = %s"
+
+
+def null_matching(schema: str, table: str, column: str) -> str:
+    """Set `column` to NULL on the rows where it equals the bound value."""
+    return f"UPDATE {ident(schema, table)} SET {ident(column)} = NULL WHERE {ident(column)} = %s"
+
+
+def delete_keys(schema: str, table: str, key: str, count: int) -> str:
+    """Delete the rows whose `key` is one of `count` bound values (no array parameters: Redshift
+    has no `= ANY(%s)`)."""
+    values = ", ".join(["%s"] * count)
+    return f"DELETE FROM {ident(schema, table)} WHERE {ident(key)} IN ({values})"

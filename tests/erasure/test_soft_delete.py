@@ -7,40 +7,13 @@ from typing import Any
 
 import boto3
 import dagster as dg
-import psycopg
 import pytest
 from boto3.dynamodb.conditions import Key
 
-from lifecycle_pipelines.assets.erasure import ERASURE_PARTITIONS, erasure_soft_delete
-from lifecycle_pipelines.control import ensure_control_schema
-from lifecycle_pipelines.environments import resources_for
+from lifecycle_pipelines.assets.erasure import erasure_soft_delete
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
-from tests.conftest import private_shop, resources_with_shop
-
-SHOP = "shop_erasure_tests"
-
-
-@pytest.fixture(scope="session")
-def erasure_shop(local_stack: Any) -> str:
-    return private_shop(local_stack[0], SHOP)
-
-
-@pytest.fixture
-def shop(local_stack: Any, erasure_shop: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(local_stack[0].app_conninfo(erasure_shop), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture
-def control(local_stack: Any) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as conn:
-        ensure_control_schema(conn)
-        yield conn
-
-
-def _resources() -> dict[str, Any]:
-    return resources_with_shop(SHOP)
+from tests.erasure.conftest import erasure_resources, run_request
 
 
 def _subject_with_sessions() -> str:
@@ -81,14 +54,9 @@ def subject() -> Iterator[str]:
 
 
 def _run(request_id: int) -> dg.ExecuteInProcessResult:
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(ERASURE_PARTITIONS.name or "", [str(request_id)])
-    return dg.materialize(
-        [erasure_soft_delete],
-        resources=_resources(),
-        partition_key=str(request_id),
-        instance=instance,
-    )
+    result = run_request(erasure_soft_delete, request_id)
+    assert result.success
+    return result
 
 
 def test_soft_delete_masks_postgres_and_removes_dynamodb_items(
@@ -146,7 +114,7 @@ def test_soft_delete_masks_postgres_and_removes_dynamodb_items(
 
 def test_the_sensor_turns_new_requests_into_partitions(shop: Any, control: Any) -> None:
     request = submit(control, shop, "5", "dpo@shop.example", dry_run=True)
-    resources = {"control_db": resources_for("local")["control_db"]}
+    resources = {"control_db": erasure_resources()["control_db"]}
     with dg.build_sensor_context(
         resources=resources, cursor=str(request.request_id - 1)
     ) as context:

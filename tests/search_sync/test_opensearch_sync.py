@@ -9,6 +9,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from lifecycle_pipelines.resources.search.base import SearchOperationError
 from lifecycle_pipelines.resources.search.opensearch import OpenSearchBackend
 from lifecycle_pipelines.search_sync.bulk import BulkFailure, bulk_with_retry
 from lifecycle_pipelines.search_sync.index_config import (
@@ -123,6 +124,57 @@ def test_a_throttled_request_is_retried_with_backoff(httpserver: HTTPServer) -> 
         sleep=waits.append,
     )
     assert outcome.written == 1 and waits == [0.5]
+
+
+def _delete_by_query_replies(
+    httpserver: HTTPServer, replies: list[tuple[int, dict[str, object]]]
+) -> list[dict[str, object]]:
+    """Serve `replies` (status, body) in turn to _delete_by_query; returns the bodies sent."""
+    pending = iter(replies)
+    sent: list[dict[str, object]] = []
+
+    def handler(request: Request) -> Response:
+        assert dict(request.args) == {"refresh": "true", "conflicts": "proceed"}
+        sent.append(json.loads(request.get_data(as_text=True)))
+        status, body = next(pending)
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    httpserver.expect_request(
+        "/users-activity-2026-10/_delete_by_query", method="POST"
+    ).respond_with_handler(handler)
+    return sent
+
+
+def test_delete_by_term_retries_throttling_and_conflicts(httpserver: HTTPServer) -> None:
+    throttled = {"status": 429, "cause": {"type": "es_rejected_execution_exception"}}
+    sent = _delete_by_query_replies(
+        httpserver,
+        [
+            (429, {"error": {"type": "es_rejected_execution_exception"}, "status": 429}),
+            (200, {"deleted": 2, "version_conflicts": 0, "failures": [throttled, throttled]}),
+            (200, {"deleted": 1, "version_conflicts": 1, "failures": []}),
+            (200, {"deleted": 1, "version_conflicts": 0, "failures": []}),
+        ],
+    )
+    waits: list[float] = []
+    backend = _backend(httpserver)
+    backend.sleep = waits.append
+    assert backend.delete_by_term("users-activity-2026-10", "user_id", "42") == 4
+    assert sent == [{"query": {"term": {"user_id": "42"}}}] * 4
+    assert waits == [0.5, 1.0, 2.0]
+
+
+def test_delete_by_term_gives_up_on_lasting_conflicts(httpserver: HTTPServer) -> None:
+    _delete_by_query_replies(
+        httpserver, [(200, {"deleted": 0, "version_conflicts": 1, "failures": []})] * 3
+    )
+    waits: list[float] = []
+    backend = _backend(httpserver)
+    backend.sleep = waits.append
+    backend.retry_attempts = 2
+    with pytest.raises(SearchOperationError, match="1 version conflicts after 3 attempts"):
+        backend.delete_by_term("users-activity-2026-10", "user_id", "42")
+    assert waits == [0.5, 1.0]
 
 
 @pytest.mark.live

@@ -1,34 +1,44 @@
 """`erasure_soft_delete`: one dynamic partition per erasure request (created by the request
-sensor); masks the subject in PostgreSQL and removes their DynamoDB items at once."""
+sensor); masks the subject in PostgreSQL and removes their DynamoDB items at once.
+
+A dry-run request changes nothing: it reports what the soft delete and the later hard delete
+would find and change in every store (the same plan a real request follows). A request for a
+subject the shop does not know completes with a 'no data found' certificate, after every store
+confirmed it holds nothing.
+"""
 
 import dagster as dg
 
+from lifecycle_pipelines.assets.erasure.erasers import open_stores
 from lifecycle_pipelines.control import ensure_control_schema
+from lifecycle_pipelines.erasure import certificate
+from lifecycle_pipelines.erasure.hard_delete import hard_delete
 from lifecycle_pipelines.erasure.requests import status
-from lifecycle_pipelines.erasure.soft_delete import (
-    StoreResult,
-    record,
-    search_result,
-    soft_delete_dynamodb,
-    soft_delete_postgres,
-)
+from lifecycle_pipelines.erasure.soft_delete import record
+from lifecycle_pipelines.erasure.stores import StoreResult
 from lifecycle_pipelines.errors import retry_transient
-from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource
+from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
+from lifecycle_pipelines.resources.search import SearchResource
+from lifecycle_pipelines.resources.warehouse import WarehouseResource
 
 ERASURE_PARTITIONS = dg.DynamicPartitionsDefinition(name="erasure_requests")
+
+
+def _table(results: list[StoreResult]) -> str:
+    lines = ["| store | found | changed | note |", "|---|---:|---:|---|"]
+    lines += [f"| {r.store} | {r.found} | {r.changed} | {r.note} |" for r in results]
+    return "\n".join(lines)
 
 
 def _metadata(
     request_id: int, results: list[StoreResult], dry_run: bool, state: str
 ) -> dict[str, dg.MetadataValue]:
-    lines = ["| store | found | changed | note |", "|---|---:|---:|---|"]
-    lines += [f"| {r.store} | {r.found} | {r.changed} | {r.note} |" for r in results]
     return {
         "request_id": dg.MetadataValue.int(request_id),
         "dry_run": dg.MetadataValue.bool(dry_run),
         "state": dg.MetadataValue.text(state),
         "rows_changed": dg.MetadataValue.int(sum(r.changed for r in results)),
-        "summary": dg.MetadataValue.md("\n".join(lines)),
+        "summary": dg.MetadataValue.md(_table(results)),
     }
 
 
@@ -40,14 +50,18 @@ def _metadata(
     description=(
         "Soft delete of one erasure request's subject: user marked deleted and personal fields "
         "masked in PostgreSQL, sessions and preferences removed from DynamoDB, each store's "
-        "counts in the erasure ledger (a dry run only counts)."
+        "counts in the erasure ledger. A dry run changes nothing and reports the soft and hard "
+        "delete plan; an unknown subject gets a 'no data found' certificate."
     ),
 )
 def erasure_soft_delete(
     context: dg.AssetExecutionContext,
     shop_db: PostgresResource,
     control_db: PostgresResource,
+    s3: S3Resource,
     dynamodb: DynamoDBResource,
+    search: SearchResource,
+    warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     try:
         request_id = int(context.partition_key)
@@ -55,35 +69,60 @@ def erasure_soft_delete(
         raise dg.Failure(
             f"partition_key: not an erasure request id: {context.partition_key!r}"
         ) from None
-    with retry_transient(), control_db.connect(autocommit=True) as control:
+    with (
+        retry_transient(),
+        open_stores(
+            control_db=control_db, shop_db=shop_db, s3=s3, dynamodb=dynamodb, search=search,
+            warehouse=warehouse,
+        ) as stores,
+    ):  # fmt: skip
+        control = stores.control
         ensure_control_schema(control)
         request = status(control, request_id)
         if request is None:
             raise dg.Failure(f"partition_key: no erasure request {request_id}; nothing changed")
-        if request.merged_into is not None or request.state == "no_data_found":
-            note = (
-                f"merged into request {request.merged_into}"
-                if request.merged_into is not None
-                else "no data found for this subject"
-            )
+        if request.merged_into is not None:
             return dg.MaterializeResult(
                 metadata={
                     **_metadata(request_id, [], request.dry_run, request.state),
-                    "note": dg.MetadataValue.text(note),
+                    "note": dg.MetadataValue.text(f"merged into request {request.merged_into}"),
                 }
             )
-        with shop_db.connect(autocommit=True) as shop:
-            results = soft_delete_postgres(shop, request.subject_id, dry_run=request.dry_run)
-        results += soft_delete_dynamodb(
-            dynamodb.table("Sessions"),
-            dynamodb.table("UserPreferences"),
-            request.subject_id,
-            dry_run=request.dry_run,
-        )
-        results.append(search_result())
+        subject = stores.subject(request)
+        if request.state == "no_data_found":
+            erasers = stores.erasers(request)
+            remaining = [r for e in erasers for r in e.remaining(subject)]
+            found = [StoreResult(r.store, r.count, 0, r.note) for r in remaining]
+            cert = None
+            if not any(r.count for r in remaining) and not request.dry_run:
+                cert = stores.issue_certificate(
+                    certificate.certificate_document(
+                        control,
+                        request_id,
+                        subject_pseudonym=subject.user_key,
+                        outcome="no data found",
+                        remaining=remaining,
+                    )
+                )
+            metadata = _metadata(request_id, found, request.dry_run, request.state)
+            if cert is not None:
+                metadata["certificate_uri"] = dg.MetadataValue.url(cert.uri)
+                metadata["certificate_sha256"] = dg.MetadataValue.text(cert.sha256)
+            return dg.MaterializeResult(metadata=metadata)
+        results = stores.soft_delete(request, dry_run=request.dry_run)
         record(control, request_id, results, dry_run=request.dry_run)
+        metadata = _metadata(request_id, results, request.dry_run, request.state)
+        if request.dry_run:
+            plan = hard_delete(
+                control,
+                request,
+                subject,
+                stores.erasers(request),
+                issue_certificate=stores.issue_certificate,
+            )
+            metadata["hard_delete_plan"] = dg.MetadataValue.md(_table(plan.results))
+            metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
         final = status(control, request_id)
     context.log.info(f"erasure request {request_id}: soft delete done ({len(results)} stores)")
-    return dg.MaterializeResult(
-        metadata=_metadata(request_id, results, request.dry_run, final.state if final else "?")
-    )
+    metadata["state"] = dg.MetadataValue.text(final.state if final else "?")
+    return dg.MaterializeResult(metadata=metadata)

@@ -5,6 +5,7 @@ Engine quirks stay inside each engine's class (OpenSearch over HTTP, tantivy emb
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,6 +40,25 @@ class SearchHit:
 
 class IndexNotFound(LookupError):
     """The named index or alias does not exist."""
+
+
+class SearchOperationError(RuntimeError):
+    """The engine accepted a request but reported that part of it failed (e.g. shard or
+    document failures of a delete-by-query); the message carries reasons, never documents."""
+
+
+_VALID_PATTERN = re.compile(r"^[a-z0-9*][a-z0-9._*-]*$")
+
+
+def index_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression of an index name pattern where `*` matches any run of characters
+    (OpenSearch's wildcard); ValueError names a pattern no index name could match."""
+    if not _VALID_PATTERN.match(pattern):
+        raise ValueError(
+            f"pattern: {pattern!r} is not an index name pattern "
+            "(lower-case letters, digits, '.', '_', '-' and the wildcard '*')"
+        )
+    return re.compile("^" + ".*".join(re.escape(part) for part in pattern.split("*")) + "$")
 
 
 class SearchBackend(Protocol):
@@ -100,4 +120,18 @@ class SearchBackend(Protocol):
 
     def scan_field(self, index: str, field: str) -> Iterator[tuple[str, Any]]:
         """(doc id, value of field) of every document of an index, streamed."""
+        ...
+
+    def list_indices(self, pattern: str) -> list[str]:
+        """Concrete index names matching `pattern` (`*` is the only wildcard), sorted; empty
+        when none match. Aliases are never returned, only the indices themselves."""
+        ...
+
+    def count_term(self, index: str, field: str, value: str) -> int:
+        """Number of documents of `index` whose keyword `field` equals `value` exactly."""
+        ...
+
+    def delete_by_term(self, index: str, field: str, value: str) -> int:
+        """Delete every document of `index` whose keyword `field` equals `value`; returns how
+        many were deleted. The deletion is visible to count and search when this returns."""
         ...

@@ -2,25 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opensearchpy import OpenSearch, RequestsHttpConnection
-from opensearchpy.exceptions import NotFoundError
+from opensearchpy.exceptions import NotFoundError, TransportError
 
 from lifecycle_pipelines.resources.search.base import (
     BulkItemError,
     BulkResult,
     IndexNotFound,
     SearchHit,
+    SearchOperationError,
+    index_pattern,
 )
+
+log = logging.getLogger(__name__)
+
+
+def _failure_status(failure: Mapping[str, Any]) -> int | None:
+    status = failure.get("status")
+    return status if isinstance(status, int) else None
+
+
+def _failure_types(failures: Sequence[Mapping[str, Any]]) -> str:
+    """The distinct error types of delete-by-query failures (types only: a reason text or a
+    cause can quote document values)."""
+    types: list[str] = []
+    for failure in failures:
+        cause = failure.get("cause") or failure.get("reason") or {}
+        kind = cause.get("type", "error") if isinstance(cause, Mapping) else "error"
+        status = _failure_status(failure)
+        types.append(f"{kind} ({status})" if status is not None else str(kind))
+    return ", ".join(sorted(set(types)))
 
 
 class OpenSearchBackend:
     """The search sink on an OpenSearch cluster through opensearch-py."""
 
-    def __init__(self, client: OpenSearch) -> None:
+    #: delete-by-query attempts after the first when throttled (429) or in version conflict
+    retry_attempts: int = 5
+    #: first backoff delay; doubled after every retry
+    retry_base_delay_seconds: float = 0.5
+
+    def __init__(self, client: OpenSearch, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
+        self.sleep = sleep
 
     @classmethod
     def connect(
@@ -174,3 +203,73 @@ class OpenSearchBackend:
                 yield str(hit["_id"]), hit.get("_source", {}).get(field)
         except NotFoundError as err:
             raise IndexNotFound(index) from err
+
+    def list_indices(self, pattern: str) -> list[str]:
+        """Open and closed indices matching `pattern` (closed ones are listed so that a caller
+        such as erasure fails on them instead of skipping them); hidden indices are not."""
+        matches = index_pattern(pattern)
+        response = self.client.indices.get(
+            index=pattern,
+            allow_no_indices=True,
+            ignore_unavailable=True,
+            expand_wildcards="open,closed",
+            filter_path="*.settings.index.uuid",
+        )
+        # an alias in the pattern resolves to its indices, which need not match the pattern
+        return sorted(name for name in (response or {}) if matches.match(name))
+
+    def count_term(self, index: str, field: str, value: str) -> int:
+        body = {"query": {"term": {field: value}}}
+        try:
+            return int(self.client.count(index=index, body=body)["count"])
+        except NotFoundError as err:
+            raise IndexNotFound(index) from err
+
+    def delete_by_term(self, index: str, field: str, value: str) -> int:
+        """`_delete_by_query` with a term query, refreshed; throttled runs (429) and documents
+        changed concurrently (version conflicts) are retried with backoff until none remain;
+        any other failure raises SearchOperationError."""
+        body = {"query": {"term": {field: value}}}
+        deleted = 0
+        for attempt in range(self.retry_attempts + 1):
+            last = attempt == self.retry_attempts
+            try:
+                response = self.client.delete_by_query(
+                    index=index, body=body, refresh=True, conflicts="proceed"
+                )
+            except NotFoundError as err:
+                raise IndexNotFound(index) from err
+            except TransportError as exc:
+                if exc.status_code != 429 or last:
+                    raise
+                log.warning("delete_by_query on %s throttled; retry %d", index, attempt + 1)
+                self.sleep(self.retry_base_delay_seconds * 2**attempt)
+                continue
+            deleted += int(response.get("deleted", 0))
+            failures = list(response.get("failures") or [])
+            conflicts = int(response.get("version_conflicts", 0))
+            timed_out = bool(response.get("timed_out", False))
+            if failures:
+                throttled = all(_failure_status(f) == 429 for f in failures)
+                if not throttled or last:
+                    raise SearchOperationError(
+                        f"delete_by_query on {index}: {len(failures)} failures "
+                        f"({_failure_types(failures)}); {deleted} documents deleted"
+                    )
+            elif conflicts == 0 and not timed_out:
+                return deleted
+            elif last:
+                raise SearchOperationError(
+                    f"delete_by_query on {index}: {conflicts} version conflicts"
+                    f"{', timed out' if timed_out else ''} after {attempt + 1} attempts; "
+                    f"{deleted} documents deleted"
+                )
+            log.warning(
+                "delete_by_query on %s incomplete (%d failures, %d conflicts); retry %d",
+                index,
+                len(failures),
+                conflicts,
+                attempt + 1,
+            )
+            self.sleep(self.retry_base_delay_seconds * 2**attempt)
+        return deleted

@@ -27,6 +27,7 @@ from lifecycle_pipelines.resources.search.base import (
     BulkResult,
     IndexNotFound,
     SearchHit,
+    index_pattern,
 )
 
 TEXT_ANALYZER = "lp_text"
@@ -236,6 +237,15 @@ class TantivyBackend:
         self._open.pop(index, None)
         shutil.rmtree(self._dir(index), ignore_errors=True)
 
+    def list_indices(self, pattern: str) -> list[str]:
+        """Index directories matching `pattern` (aliases live in a file, never listed)."""
+        matches = index_pattern(pattern)
+        return sorted(
+            path.name
+            for path in (self.root / "indices").iterdir()
+            if matches.match(path.name) and (path / "mapping.json").exists()
+        )
+
     # -- aliases ---------------------------------------------------------------------------
     @contextmanager
     def _alias_lock(self) -> Iterator[dict[str, list[str]]]:
@@ -346,6 +356,41 @@ class TantivyBackend:
         writer.commit()
         writer.wait_merging_threads()
         return BulkResult(deleted=len(doc_ids))
+
+    @staticmethod
+    def _matching(opened: tantivy.Index, query: tantivy.Query) -> int:
+        """Live documents matching `query` in the last committed state of `opened`."""
+        opened.reload()
+        result: Any = opened.searcher().search(query, 1, count=True)  # `count` is not in the stub
+        return int(result.count or 0)
+
+    def _term_query(
+        self, index: str, field: str, value: str
+    ) -> tuple[tantivy.Index, tantivy.Query]:
+        """The index and a term query on one of its keyword fields (indexed with the `raw`
+        tokenizer, so the value matches exactly); a field that is not a keyword field is a
+        ValueError, since a term on it would silently match nothing."""
+        opened, kinds = self._index(index)
+        if field != ID_FIELD and kinds.get(field) != "keyword":
+            raise ValueError(f"field: {field!r} is not a keyword field of index {index!r}")
+        return opened, tantivy.Query.term_query(opened.schema, field, value)
+
+    def count_term(self, index: str, field: str, value: str) -> int:
+        opened, query = self._term_query(index, field, value)
+        return self._matching(opened, query)
+
+    def delete_by_term(self, index: str, field: str, value: str) -> int:
+        """Delete by term in one commit; the count is the matching documents before minus
+        after (0 after, unless another writer added some meanwhile)."""
+        opened, query = self._term_query(index, field, value)
+        before = self._matching(opened, query)
+        if before == 0:
+            return 0
+        writer = opened.writer(self.writer_heap)
+        writer.delete_documents_by_term(field, value)
+        writer.commit()
+        writer.wait_merging_threads()
+        return max(before - self._matching(opened, query), 0)
 
     def refresh(self, index: str) -> None:
         for name in self._resolve(index):

@@ -1,0 +1,200 @@
+"""Erasure certificates: one JSON document per request, hash-chained, kept under Object Lock.
+
+A certificate names the subject only by pseudonym (HMAC of the user id), lists per store what
+the ledger recorded (found before, removed or masked) and what the verification found after, and
+carries the SHA-256 of the previous certificate, so that removing or altering one breaks the
+chain (`verify_chain`). It is stored in the archive bucket under `erasure/certificates/` with an
+Object Lock retention, and recorded in `lifecycle.erasure_certificates`.
+
+The document is built from the ledger alone, so a re-run after a crash writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from lifecycle_pipelines.erasure.stores import Remaining
+from lifecycle_pipelines.resources.s3 import S3Resource
+
+CERTIFICATE_PREFIX = "erasure/certificates/"
+CERTIFICATE_VERSION = 1
+DEFAULT_RETENTION = timedelta(days=7 * 366)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A recorded certificate."""
+
+    sequence: int
+    request_id: int
+    sha256: str
+    previous_sha256: str | None
+    bucket: str
+    object_key: str
+    version_id: str | None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.object_key}"
+
+
+def ledger_stores(control: psycopg.Connection[Any], request_id: int) -> list[dict[str, Any]]:
+    """Per store and phase: found before (first run) and changed (all runs), from the ledger."""
+    rows = control.execute(
+        "SELECT store, action, detail FROM lifecycle.erasure_ledger"
+        " WHERE request_id = %s AND action IN ('soft delete', 'hard delete')"
+        " ORDER BY entry_id",
+        (request_id,),
+    ).fetchall()
+    stores: dict[tuple[str, str], dict[str, Any]] = {}
+    for store, action, detail in rows:
+        entry = stores.setdefault(
+            (action, store),
+            {
+                "phase": action,
+                "store": store,
+                "found": int(detail.get("found", 0)),
+                "changed": 0,
+                "note": detail.get("note", ""),
+            },
+        )
+        entry["changed"] += int(detail.get("changed", 0))
+    return list(stores.values())
+
+
+def certificate_document(
+    control: psycopg.Connection[Any],
+    request_id: int,
+    *,
+    subject_pseudonym: str,
+    outcome: str,
+    remaining: list[Remaining],
+) -> dict[str, Any]:
+    """The certificate's content without its chain fields."""
+    request = control.execute(
+        "SELECT received_at, soft_deleted_at, dry_run FROM lifecycle.erasure_requests"
+        " WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+    if request is None:
+        raise LookupError(f"request_id: no erasure request {request_id}")
+    last = control.execute(
+        "SELECT max(recorded_at) FROM lifecycle.erasure_ledger WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+    return {
+        "certificate_version": CERTIFICATE_VERSION,
+        "request_id": request_id,
+        "subject_pseudonym": subject_pseudonym,
+        "outcome": outcome,
+        "received_at": _iso(request[0]),
+        "soft_deleted_at": _iso(request[1]),
+        "completed_at": _iso(last[0] if last else None),
+        "stores": ledger_stores(control, request_id),
+        "verification": [
+            {"store": r.store, "remaining": r.count, "note": r.note} for r in remaining
+        ],
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def canonical(document: dict[str, Any]) -> bytes:
+    """The exact bytes stored and hashed."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def issue(
+    control: psycopg.Connection[Any],
+    s3: S3Resource,
+    request_id: int,
+    document: dict[str, Any],
+    *,
+    retention: timedelta = DEFAULT_RETENTION,
+    lock_mode: str = "COMPLIANCE",
+) -> Certificate:
+    """Chain, store under Object Lock and record the certificate; returns the existing one when
+    the request already has a certificate."""
+    bucket = s3.bucket("archive")
+    with control.transaction():
+        control.execute("SELECT pg_advisory_xact_lock(hashtextextended('lifecycle.cert', 0))")
+        existing = get(control, request_id)
+        if existing is not None:
+            return existing
+        last = control.execute(
+            "SELECT sequence, sha256 FROM lifecycle.erasure_certificates"
+            " ORDER BY sequence DESC LIMIT 1"
+        ).fetchone()
+        sequence = 1 if last is None else int(last[0]) + 1
+        previous = None if last is None else str(last[1])
+        body = canonical({**document, "sequence": sequence, "previous_sha256": previous})
+        digest = hashlib.sha256(body).hexdigest()
+        key = f"{CERTIFICATE_PREFIX}{sequence:010d}-request-{request_id}.json"
+        completed = datetime.fromisoformat(document["completed_at"])
+        retain_until = completed + retention
+        response = s3.put_bytes(
+            bucket,
+            key,
+            body,
+            content_type="application/json",
+            extra={
+                "ObjectLockMode": lock_mode,
+                "ObjectLockRetainUntilDate": retain_until,
+                "ChecksumAlgorithm": "SHA256",
+            },
+        )
+        stored = response.get("ChecksumSHA256")
+        if stored and stored != base64.b64encode(bytes.fromhex(digest)).decode():
+            raise RuntimeError(f"s3://{bucket}/{key}: S3 stored other bytes than the certificate")
+        control.execute(
+            "INSERT INTO lifecycle.erasure_certificates (sequence, request_id, sha256,"
+            " previous_sha256, bucket, object_key, version_id, retain_until)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (sequence, request_id, digest, previous, bucket, key, response.get("VersionId"),
+             retain_until),
+        )  # fmt: skip
+    return Certificate(
+        sequence, request_id, digest, previous, bucket, key, response.get("VersionId")
+    )
+
+
+def get(control: psycopg.Connection[Any], request_id: int) -> Certificate | None:
+    """The certificate of a request, or None."""
+    row = control.execute(
+        "SELECT sequence, request_id, sha256, previous_sha256, bucket, object_key, version_id"
+        " FROM lifecycle.erasure_certificates WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()
+    return None if row is None else Certificate(*row)
+
+
+def verify_chain(control: psycopg.Connection[Any], s3: S3Resource) -> list[str]:
+    """Problems in the chain: a stored certificate whose bytes, hash or link do not match."""
+    problems: list[str] = []
+    previous: str | None = None
+    client = s3.client("s3")
+    for row in control.execute(
+        "SELECT sequence, request_id, sha256, previous_sha256, bucket, object_key, version_id"
+        " FROM lifecycle.erasure_certificates ORDER BY sequence"
+    ).fetchall():
+        cert = Certificate(*row)
+        args = {"Bucket": cert.bucket, "Key": cert.object_key}
+        if cert.version_id:
+            args["VersionId"] = cert.version_id
+        body = client.get_object(**args)["Body"].read()
+        document = json.loads(body)
+        if hashlib.sha256(body).hexdigest() != cert.sha256:
+            problems.append(f"certificate {cert.sequence}: stored bytes do not match its SHA-256")
+        if document.get("previous_sha256") != previous or cert.previous_sha256 != previous:
+            problems.append(f"certificate {cert.sequence}: does not link to its predecessor")
+        previous = cert.sha256
+    return problems
