@@ -243,10 +243,6 @@ class ArchiveEraser:
             " WHERE subject_id = %s AND wrapped_key IS NOT NULL",
             (subject.subject_id,),
         ).fetchone()
-        tombstone = self.control.execute(
-            "SELECT count(*) FROM lifecycle.subject_keys WHERE subject_id = %s",
-            (subject.subject_id,),
-        ).fetchone()
         pending = self.control.execute(
             "SELECT count(*) FROM lifecycle.erasure_rewrites"
             " WHERE subject_id = %s AND state = 'pending' AND decision = 'rewrite_now'",
@@ -254,11 +250,6 @@ class ArchiveEraser:
         ).fetchone()
         return [
             Remaining("archive.subject_key", int(live[0]) if live else 0),
-            Remaining(
-                "archive.subject_key_tombstone",
-                0 if tombstone and tombstone[0] else 1,
-                "no tombstone: a later archive run could give the subject a new key",
-            ),
             Remaining("archive.objects.rewrite_now", int(pending[0]) if pending else 0),
         ]
 

@@ -16,17 +16,22 @@ from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
 from tests.erasure.conftest import erasure_resources, run_request
 
 
-def _subject_with_sessions() -> str:
+def _subject_with_sessions(shop: Any) -> str:
+    """A user with sessions who is still active in the shop (other tests erase some)."""
     sessions = boto3.resource("dynamodb").Table("Sessions").scan(Limit=50)["Items"]
-    return str(sessions[0]["userId"])
+    users = sorted({int(s["userId"]) for s in sessions})
+    row = shop.execute(
+        "SELECT min(user_id) FROM users WHERE user_id = ANY(%s) AND deleted_at IS NULL", (users,)
+    ).fetchone()
+    return str(row[0])
 
 
 @pytest.fixture
-def subject() -> Iterator[str]:
+def subject(shop: Any) -> Iterator[str]:
     """A subject with sessions; their DynamoDB items are put back afterwards (the tables are
     shared with the rest of the session)."""
     dynamodb = boto3.resource("dynamodb")
-    chosen = _subject_with_sessions()
+    chosen = _subject_with_sessions(shop)
     saved = {
         "Sessions": dynamodb.Table("Sessions").query(
             IndexName="userId-index", KeyConditionExpression=Key("userId").eq(chosen)

@@ -108,6 +108,15 @@ def erasure_soft_delete(
             if cert is not None:
                 metadata["certificate_uri"] = dg.MetadataValue.url(cert.uri)
                 metadata["certificate_sha256"] = dg.MetadataValue.text(cert.sha256)
+            elif not request.dry_run:
+                context.log.warning(
+                    f"erasure request {request_id}: the shop does not know the subject but "
+                    "other stores hold data about them; no certificate issued"
+                )
+                metadata["note"] = dg.MetadataValue.text(
+                    "unknown to the shop, yet other stores hold data (see summary): not "
+                    "certified; investigate before erasing"
+                )
             return dg.MaterializeResult(metadata=metadata)
         results = stores.soft_delete(request, dry_run=request.dry_run)
         record(control, request_id, results, dry_run=request.dry_run)

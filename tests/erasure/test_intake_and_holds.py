@@ -1,0 +1,133 @@
+"""The UI intake job, dry-run plans, 'no data found' certificates, hold validation, the ledger's
+append-only rule and tamper detection of the certificate chain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import boto3
+import dagster as dg
+import psycopg
+import pytest
+
+from lifecycle_pipelines.assets.erasure import erasure_request_job, erasure_soft_delete
+from lifecycle_pipelines.erasure import certificate
+from lifecycle_pipelines.erasure.holds import place_hold
+from lifecycle_pipelines.erasure.requests import ErasureRequestError, status, submit
+from tests.erasure.conftest import erasure_resources, run_request
+
+
+def _intake(user_id: str, requested_by: str, dry_run: bool = False) -> dg.ExecuteJobResult:
+    resources = erasure_resources()
+    return erasure_request_job.execute_in_process(
+        run_config={
+            "ops": {
+                "submit_erasure_request": {
+                    "config": {"user_id": user_id, "requested_by": requested_by, "dry_run": dry_run}
+                }
+            }
+        },
+        resources={"control_db": resources["control_db"], "shop_db": resources["shop_db"]},
+        raise_on_error=False,
+    )
+
+
+def test_the_intake_job_records_a_request_and_refuses_bad_input(control: Any) -> None:
+    before = control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()[0]
+    bad = _intake("12x", "privacy@shop.example")
+    assert not bad.success
+    assert (
+        control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()[0] == before
+    )
+    good = _intake("7", "privacy@shop.example", dry_run=True)
+    assert good.success
+    request = status(control, good.output_for_node("submit_erasure_request"))
+    assert request is not None and request.dry_run and request.subject_id == "7"
+
+
+def test_a_dry_run_reports_the_hard_delete_plan_and_changes_nothing(
+    shop: Any, control: Any
+) -> None:
+    subject = shop.execute(
+        "SELECT user_id FROM users WHERE deleted_at IS NULL AND EXISTS (SELECT 1 FROM orders o"
+        " WHERE o.user_id = users.user_id) ORDER BY user_id LIMIT 1"
+    ).fetchone()[0]
+    before = shop.execute("SELECT u::text FROM users u WHERE user_id = %s", (subject,)).fetchone()
+    request = submit(control, shop, str(subject), "privacy@shop.example", dry_run=True)
+    result = run_request(erasure_soft_delete, request.request_id)
+    assert result.success
+    metadata = result.asset_materializations_for_node("erasure_soft_delete")[0].metadata
+    assert metadata["hard_delete_items"].value > 0  # at least the user row and orders
+    assert "postgres.orders" in metadata["hard_delete_plan"].value
+    assert (
+        shop.execute("SELECT u::text FROM users u WHERE user_id = %s", (subject,)).fetchone()
+        == before
+    )
+    assert certificate.get(control, request.request_id) is None
+
+
+def test_an_unknown_subject_completes_with_a_no_data_found_certificate(
+    shop: Any, control: Any
+) -> None:
+    request = submit(control, shop, "987654321", "privacy@shop.example")
+    assert request.state == "no_data_found"
+    result = run_request(erasure_soft_delete, request.request_id)
+    assert result.success
+    metadata = result.asset_materializations_for_node("erasure_soft_delete")[0].metadata
+    cert = certificate.get(control, request.request_id)
+    assert cert is not None and metadata["certificate_sha256"].value == cert.sha256
+    body = (
+        boto3.client("s3")
+        .get_object(Bucket=cert.bucket, Key=cert.object_key, VersionId=cert.version_id)["Body"]
+        .read()
+    )
+    document = json.loads(body)
+    assert document["outcome"] == "no data found"
+    assert all(v["remaining"] == 0 for v in document["verification"])
+    assert "987654321" not in body.decode()  # the subject is named by pseudonym only
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"user_id": "x1", "reason": "litigation"}, "user_id"),
+     ({"user_id": "5", "reason": "no"}, "reason"),
+     ({"s3_uri": "s3://nope/not-archived.parquet", "reason": "audit"}, "s3_uri"),
+     ({"s3_uri": "ftp://x", "reason": "audit"}, "s3_uri"),
+     ({"reason": "audit"}, "user_id / s3_uri")],
+)  # fmt: skip
+def test_a_malformed_hold_names_the_field_and_records_nothing(
+    control: Any, kwargs: dict[str, str], field: str
+) -> None:
+    before = control.execute("SELECT count(*) FROM lifecycle.erasure_holds").fetchone()[0]
+    with pytest.raises(ErasureRequestError, match=f"^{field}:"):
+        place_hold(control, placed_by="legal@shop.example", **kwargs)
+    assert control.execute("SELECT count(*) FROM lifecycle.erasure_holds").fetchone()[0] == before
+
+
+def test_the_ledger_is_append_only(control: Any) -> None:
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        control.execute("DELETE FROM lifecycle.erasure_ledger")
+
+
+def test_a_tampered_certificate_breaks_the_chain(control: Any, shop: Any) -> None:
+    request = submit(control, shop, "987654322", "privacy@shop.example")
+    assert run_request(erasure_soft_delete, request.request_id).success
+    cert = certificate.get(control, request.request_id)
+    assert cert is not None
+    with dg.build_resources({"s3": erasure_resources()["s3"]}) as resources:
+        assert certificate.verify_chain(control, resources.s3) == []
+        forged = resources.s3.put_bytes(
+            cert.bucket, cert.object_key, b'{"outcome": "erased"}',
+            extra={"ChecksumAlgorithm": "SHA256"},
+        )  # fmt: skip
+        control.execute(
+            "UPDATE lifecycle.erasure_certificates SET version_id = %s WHERE sequence = %s",
+            (forged["VersionId"], cert.sequence),
+        )
+        problems = certificate.verify_chain(control, resources.s3)
+        control.execute(
+            "UPDATE lifecycle.erasure_certificates SET version_id = %s WHERE sequence = %s",
+            (cert.version_id, cert.sequence),
+        )
+    assert any(f"certificate {cert.sequence}" in p for p in problems)
