@@ -24,7 +24,7 @@ import argparse
 import logging
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,26 @@ def seed_stack(stack: LocalStack, size: ShopSize, replace: bool = False) -> dict
         region_name=env["AWS_REGION"],
     ).resource("dynamodb", endpoint_url=env["AWS_ENDPOINT_URL"])
     counts = {**report.rows, **seed_dynamodb(dynamodb, size)}
+    counts["search activity documents"] = _seed_activity_search(stack, size)
     log.info("seeded in %.1fs", time.monotonic() - started)
     return counts
+
+
+def _seed_activity_search(stack: LocalStack, size: ShopSize) -> int:
+    """User activity of the last two months in monthly search indices (`users-activity-*`), as
+    the platform's services write it, so that erasure has search documents to remove."""
+    from pathlib import Path
+
+    import psycopg
+
+    from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
+    from lifecycle_pipelines.search_sync.activity import index_activity_month
+
+    backend = TantivyBackend(Path(stack.read_env()["LIFECYCLE_SEARCH_DIR"]))
+    month = size.as_of.replace(day=1)
+    previous = (month - timedelta(days=1)).replace(day=1)
+    with psycopg.connect(stack.app_conninfo()) as conn:
+        return sum(index_activity_month(conn, backend, m) for m in (previous, month))
 
 
 def _print_info(info: StackInfo) -> None:

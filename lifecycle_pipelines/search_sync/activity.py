@@ -39,6 +39,9 @@ SELECT event_id::text AS event_id,
        to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS occurred_at
 FROM user_activity
 WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
+  -- soft-deleted (erased) users are left out from the soft delete on
+  AND NOT EXISTS (SELECT 1 FROM users u WHERE u.user_id = user_activity.user_id
+                  AND u.deleted_at IS NOT NULL)
 ORDER BY event_id
 """
 

@@ -67,3 +67,24 @@ def test_cli_submit_and_status(
     assert f"request {request}: subject 23" in capsys.readouterr().out
     assert main([*args, "submit", "--user-id", "x", "--requested-by", "dpo@shop.example"]) == 2
     assert "user_id: expected a positive integer" in capsys.readouterr().err
+
+
+def test_cli_holds_certificates_chain_and_replay(
+    stack_dir: Path, stack_info: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--state-dir", str(stack_dir), "erasure"]
+    hold = ["hold", "--user-id", "23", "--reason", "tax audit 2026", "--placed-by", "legal"]
+    assert main([*args, *hold]) == 0
+    hold_id = capsys.readouterr().out.split()[1]
+    assert main([*args, "lift", hold_id, "--lifted-by", "legal"]) == 0
+    assert f"hold {hold_id} lifted" in capsys.readouterr().out
+    assert main([*args, "lift", hold_id, "--lifted-by", "legal"]) == 2
+    assert f"no active hold {hold_id}" in capsys.readouterr().err
+    assert main([*args, "hold", "--user-id", "23", "--reason", "x", "--placed-by", "legal"]) == 2
+    assert capsys.readouterr().err.startswith("error: reason:")
+    assert main([*args, "certificate", "999999"]) == 2
+    assert "has no certificate" in capsys.readouterr().err
+    assert main([*args, "verify-chain"]) == 0
+    assert "0 problems" in capsys.readouterr().out
+    assert main([*args, "replay"]) == 0
+    assert "requests re-applied" in capsys.readouterr().out
