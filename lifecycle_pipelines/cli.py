@@ -337,10 +337,8 @@ def cmd_erasure_verify_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_erasure_replay(args: argparse.Namespace) -> int:
-    from lifecycle_pipelines.archive.eraser import rewrite_pending
     from lifecycle_pipelines.assets.erasure.erasers import open_stores
     from lifecycle_pipelines.control import ensure_control_schema
-    from lifecycle_pipelines.erasure.replay import replay_ledger
 
     with (
         _stack_resources(args) as r,
@@ -350,13 +348,7 @@ def cmd_erasure_replay(args: argparse.Namespace) -> int:
         ) as stores,
     ):  # fmt: skip
         ensure_control_schema(stores.control)
-        report = replay_ledger(
-            stores.control,
-            subject_of=stores.subject,
-            hard_erasers=stores.erasers,
-            soft_delete=lambda request: stores.soft_delete(request, dry_run=False),
-        )
-        rewrites = rewrite_pending(stores.control, r.s3)
+        report, rewrites = stores.replay()
     for store, n in sorted(report.reerased.items()):
         _out(f"{store}: {n} erased again")
     _out(

@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 
 from lifecycle_pipelines.archive.crypto import SubjectKeyring
-from lifecycle_pipelines.archive.eraser import ArchiveEraser
+from lifecycle_pipelines.archive.eraser import ArchiveEraser, rewrite_pending
 from lifecycle_pipelines.erasure import certificate
+from lifecycle_pipelines.erasure.replay import ReplayReport, replay_ledger
 from lifecycle_pipelines.erasure.requests import ErasureRequest
 from lifecycle_pipelines.erasure.shop import DynamoDBEraser, PostgresEraser
 from lifecycle_pipelines.erasure.soft_delete import soft_delete_dynamodb, soft_delete_postgres
@@ -88,6 +89,16 @@ class ErasureStores:
         )
         results += self.search_eraser().erase(self.subject(request), dry_run=dry_run)
         return results
+
+    def replay(self) -> tuple[ReplayReport, dict[str, int]]:
+        """Re-apply the ledger (after a restore), then any archive rewrite now possible."""
+        report = replay_ledger(
+            self.control,
+            subject_of=self.subject,
+            hard_erasers=self.erasers,
+            soft_delete=lambda request: self.soft_delete(request, dry_run=False),
+        )
+        return report, rewrite_pending(self.control, self.s3)
 
     def issue_certificate(self, document: dict[str, Any]) -> certificate.Certificate:
         """Store a certificate in the archive bucket under Object Lock and record it."""

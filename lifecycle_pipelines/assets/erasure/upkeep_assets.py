@@ -6,7 +6,6 @@ import dagster as dg
 from lifecycle_pipelines.archive.eraser import rewrite_pending
 from lifecycle_pipelines.assets.erasure.erasers import open_stores
 from lifecycle_pipelines.control import ensure_control_schema
-from lifecycle_pipelines.erasure.replay import replay_ledger
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
 from lifecycle_pipelines.resources.search import SearchResource
@@ -69,13 +68,7 @@ def erasure_ledger_replay(
         ) as stores,
     ):  # fmt: skip
         ensure_control_schema(stores.control)
-        report = replay_ledger(
-            stores.control,
-            subject_of=stores.subject,
-            hard_erasers=stores.erasers,
-            soft_delete=lambda request: stores.soft_delete(request, dry_run=False),
-        )
-        rewrites = rewrite_pending(stores.control, s3)
+        report, rewrites = stores.replay()
     context.log.info(
         f"ledger replay: {report.requests} requests re-applied, {report.total} items erased again"
     )
