@@ -145,14 +145,31 @@ class S3Audit:
         if params.get("Bucket") == self.bucket:
             self.calls.append((model.name, params.get("Key") or params.get("Prefix") or ""))
 
+    def _start(self, context: dict[str, Any], **_: Any) -> None:
+        context["bench_started"] = time.perf_counter()
+
+    def _stop(self, context: dict[str, Any], model: Any, **_: Any) -> None:
+        if "bench_started" in context:
+            self.seconds[model.name] += time.perf_counter() - context.pop("bench_started")
+
     def __enter__(self) -> S3Audit:
         self.before = bucket_versions(self.client, self.bucket)
-        self.client.meta.events.register("before-parameter-build.s3", self._record)
+        self.seconds: dict[str, float] = defaultdict(float)
+        for event, handler in self._handlers():
+            self.client.meta.events.register(event, handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.client.meta.events.unregister("before-parameter-build.s3", self._record)
+        for event, handler in self._handlers():
+            self.client.meta.events.unregister(event, handler)
         self.after = bucket_versions(self.client, self.bucket)
+
+    def _handlers(self) -> list[tuple[str, Any]]:
+        return [
+            ("before-parameter-build.s3", self._record),
+            ("before-call.s3", self._start),
+            ("after-call.s3", self._stop),
+        ]
 
     def summary(self, allowed: set[str], certificate_prefix: str) -> dict[str, Any]:
         """Counts of keys headed, downloaded, written and changed, and of those not `allowed`
@@ -168,6 +185,7 @@ class S3Audit:
         return {
             "s3_calls": len(self.calls),
             "s3_calls_by_operation": _count(op for op, _ in self.calls),
+            "s3_seconds_by_operation": dict(sorted(self.seconds.items())),
             "keys_headed": len(keys_of("HeadObject")),
             "keys_downloaded": len(keys_of("GetObject")),
             "keys_written": len(keys_of("PutObject", "DeleteObject", "CopyObject")),
@@ -523,8 +541,11 @@ def start(stack: LocalStack, orders: int, months: int) -> dict[str, Any]:
 def run_child(state_dir: Path, name: str, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", name, "--state-dir", str(state_dir), *extra],
-        check=True, capture_output=True, text=True,
+        check=False, capture_output=True, text=True,
     )  # fmt: skip
+    if out.returncode:
+        tail = "\n".join(out.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"step {name} failed (exit {out.returncode}):\n{tail}")
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -564,7 +585,10 @@ def mib(value: float) -> float:
 
 
 def report_touch(r: dict[str, Any], allowed: str) -> None:
-    calls = ", ".join(f"{k} {v}" for k, v in r["s3_calls_by_operation"].items())
+    seconds = r["s3_seconds_by_operation"]
+    calls = ", ".join(
+        f"{k} {v} in {seconds.get(k, 0.0):.2f} s" for k, v in r["s3_calls_by_operation"].items()
+    )
     print(f"  S3 calls on the archive bucket: {r['s3_calls']} ({calls}); keys headed "
           f"{r['keys_headed']}, downloaded {r['keys_downloaded']}, written {r['keys_written']}, "
           f"changed (every version listed before and after) {r['keys_changed']}"
@@ -673,10 +697,13 @@ def main() -> None:
         print()
         rewrites = readable["objects_rewritten"]
         archive_s = readable["eraser_seconds"]["archive"]
+        listing = readable["s3_seconds_by_operation"].get("ListObjectVersions", 0.0)
         print(f"rewrite: {archive_s / max(1, rewrites):.2f} s per rewritten object "
-              f"({mib(readable['bytes_read']) / max(1, rewrites):.1f} MiB each); "
-              f"rewrite_pending {pending['seconds'] / max(1, pending['objects_rewritten']):.2f} s"
-              " per object")  # fmt: skip
+              f"({mib(readable['bytes_read']) / max(1, rewrites):.1f} MiB each; rewrite_pending "
+              f"{pending['seconds'] / max(1, pending['objects_rewritten']):.2f} s), "
+              f"{(archive_s - listing) / max(1, rewrites):.2f} s without ListObjectVersions "
+              f"({listing:.1f} s in all: moto deep-copies every version of the bucket on each "
+              "call, S3 lists by prefix)")  # fmt: skip
         print(f"find: ours (subject index) / naive scan = "
               f"{readable['lookup_seconds'] / naive['seconds']:.5f}x "
               f"({readable['lookup_seconds'] * 1000:.1f} ms vs {naive['seconds']:.2f} s)")  # fmt: skip

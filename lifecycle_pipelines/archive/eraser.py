@@ -43,6 +43,7 @@ from lifecycle_pipelines.resources.s3 import S3Resource
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRY_HORIZON = timedelta(days=90)
+ZSTD_LEVEL = 3  # as the archiver writes its parts (archive/extract.py)
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,20 @@ class ListedObject:
     version_id: str | None
     storage_class: str
     state: str
-    rows: int
+    rows: int  # rows of the listed subject(s) in the object
 
 
 @dataclass(frozen=True)
 class Rewrite:
-    """The outcome of rewriting one object without some subjects."""
+    """The outcome of rewriting one object without some subjects (rows erased per subject)."""
 
-    rows_rewritten: int
+    rows_by_subject: dict[str, int]
     versions_deleted: int
     versions_kept: int
+
+    @property
+    def rows_rewritten(self) -> int:
+        return sum(self.rows_by_subject.values())
 
 
 def listed_objects(conn: psycopg.Connection[Any], subject_id: str) -> list[ListedObject]:
@@ -94,11 +99,15 @@ def rewrite_object(
     metadata = table.schema.metadata or {}
     subject_column = metadata.get(b"lifecycle.subject_column", b"").decode()
     rewritten = 0
+    by_subject: dict[str, int] = {}
     if subject_column and subject_column in table.column_names:
         subjects = table.column(subject_column)
         wanted = pa.array(subject_ids).cast(subjects.type)
         hit = pc.fill_null(pc.is_in(subjects, value_set=wanted), False)
         rewritten = pc.sum(hit).as_py() or 0
+        if rewritten:
+            counts = pc.value_counts(pc.filter(subjects, hit)).to_pylist()
+            by_subject = {str(c["values"]): int(c["counts"]) for c in counts}
         if rewritten:
             for name in (PERSONAL_COLUMN, subject_column):
                 if name not in table.column_names:
@@ -109,7 +118,13 @@ def rewrite_object(
                 table = table.set_column(index, table.field(index), pc.if_else(hit, nulls, column))
     if rewritten:
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        pq.write_table(
+            table,
+            buffer,
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+            row_group_size=ROW_GROUP_ROWS,
+        )
         body = buffer.getvalue()
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
         response = client.put_object(
@@ -148,7 +163,7 @@ def rewrite_object(
         deleted,
         kept,
     )
-    return Rewrite(rewritten, deleted, kept)
+    return Rewrite(by_subject, deleted, kept)
 
 
 class ArchiveEraser:
@@ -228,7 +243,9 @@ class ArchiveEraser:
             )
         if rewritten_rows:
             log.info(
-                "archive erasure: %d rows rewritten in %d objects", rewritten_rows, len(objects)
+                "archive erasure: %d rows rewritten in %d objects",
+                rewritten_rows,
+                rewritten_objects,
             )
         return results
 
@@ -269,12 +286,19 @@ def finish_rewrite(conn: psycopg.Connection[Any], s3: S3Resource, obj: ListedObj
         return 0
     result = rewrite_object(conn, s3, obj, subjects)
     with conn.transaction():
-        conn.execute(
-            "UPDATE lifecycle.erasure_rewrites SET state = 'done', done_at = now(),"
-            " rows_rewritten = %s, versions_deleted = %s, versions_kept = %s"
-            " WHERE object_id = %s AND state = 'pending'",
-            (result.rows_rewritten, result.versions_deleted, result.versions_kept, obj.object_id),
-        )
+        for subject in subjects:
+            conn.execute(
+                "UPDATE lifecycle.erasure_rewrites SET state = 'done', done_at = now(),"
+                " rows_rewritten = %s, versions_deleted = %s, versions_kept = %s"
+                " WHERE object_id = %s AND subject_id = %s AND state = 'pending'",
+                (
+                    result.rows_by_subject.get(subject, 0),
+                    result.versions_deleted,
+                    result.versions_kept,
+                    obj.object_id,
+                    subject,
+                ),
+            )
         conn.execute(
             "DELETE FROM lifecycle.subject_index WHERE object_id = %s AND subject_id = ANY(%s)",
             (obj.object_id, subjects),
@@ -286,10 +310,13 @@ def rewrite_pending(conn: psycopg.Connection[Any], s3: S3Resource) -> dict[str, 
     """Rewrite every pending object that is readable now (a restore made it so) and close the
     plans whose object has expired. Returns counts for metadata."""
     rows = conn.execute(
-        "SELECT DISTINCT o.object_id, o.data_type, o.partition_month, o.bucket, o.object_key,"
-        " o.version_id, o.storage_class, o.state, o.row_count"
+        "SELECT o.object_id, o.data_type, o.partition_month, o.bucket, o.object_key,"
+        " o.version_id, o.storage_class, o.state,"
+        " coalesce(sum(s.row_count), 0)::bigint AS subject_rows"
         " FROM lifecycle.erasure_rewrites r JOIN lifecycle.archive_objects o USING (object_id)"
-        " WHERE r.state = 'pending' ORDER BY o.object_id"
+        " LEFT JOIN lifecycle.subject_index s"
+        "   ON s.object_id = r.object_id AND s.subject_id = r.subject_id"
+        " WHERE r.state = 'pending' GROUP BY o.object_id ORDER BY o.object_id"
     ).fetchall()
     counts = {"rewritten": 0, "rows_erased": 0, "expired": 0, "waiting": 0}
     for row in rows:

@@ -144,6 +144,11 @@ def world(local_stack: Any, erasure_databases: str) -> Iterator[World]:
             (int(other),),
         ).fetchall()
     )
+    archived_rows = shop.execute(
+        "SELECT count(*) FROM orders WHERE user_id = %s"
+        " AND date_trunc('month', created_at AT TIME ZONE 'UTC') IN ('2025-03-01', '2025-06-01')",
+        (int(subject),),
+    ).fetchone()[0]
     # DynamoDB: a session and preferences of the subject. The tables are shared with the rest
     # of the session: the subject's seeded items are put back when the module is done.
     dynamodb = boto3.resource("dynamodb")
@@ -194,7 +199,13 @@ def world(local_stack: Any, erasure_databases: str) -> Iterator[World]:
         )
     _materialize([warehouse_hourly], f"{hour:%Y-%m-%d-%H:%M}")
     shop.close()
-    yield {"subject": subject, "other": other, "needles": needles, "others": others_shipping}
+    yield {
+        "subject": subject,
+        "other": other,
+        "needles": needles,
+        "others": others_shipping,
+        "archived_rows": archived_rows,
+    }
     for table, items in seeded.items():
         with dynamodb.Table(table).batch_writer() as batch:
             for item in items:
@@ -306,6 +317,11 @@ def test_hard_delete_leaves_no_trace_in_any_store(
         == plans["with_next_restore"]
     )
 
+    erased_rows = control.execute(
+        "SELECT sum(rows_rewritten) FROM lifecycle.erasure_rewrites WHERE request_id = %s",
+        (request_id,),
+    ).fetchone()[0]
+    assert erased_rows == world["archived_rows"]  # every archived row of theirs, no one else's
     # PostgreSQL and the warehouse: no row anywhere contains the subject's values.
     assert _text_hits(shop, "public", needles) == 0
     assert not _user_exists(shop, subject)
