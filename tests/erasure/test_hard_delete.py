@@ -253,10 +253,27 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
     hold = place_hold(
         control, user_id=subject, reason="litigation LIT-7", placed_by="legal@shop.example"
     )
+    listed = control.execute(
+        "SELECT o.bucket, o.object_key FROM lifecycle.subject_index s"
+        " JOIN lifecycle.archive_objects o USING (object_id) WHERE s.subject_id = %s LIMIT 1",
+        (subject,),
+    ).fetchone()
+    object_hold = place_hold(
+        control,
+        s3_uri=f"s3://{listed[0]}/{listed[1]}",
+        reason="tax audit 2025",
+        placed_by="legal@shop.example",
+    )
     held = run_request(erasure_hard_delete, request.request_id)
     assert held.success
+    metadata = held.asset_materializations_for_node("erasure_hard_delete")[0].metadata
+    assert metadata["state"].value == "held"
+    assert "litigation LIT-7" in metadata["summary"].value
+    assert f"s3://{listed[0]}/{listed[1]}" in metadata["summary"].value
+    assert lift_hold(control, hold, "legal@shop.example")
+    still = run_request(erasure_hard_delete, request.request_id)  # the object hold remains
     assert (
-        held.asset_materializations_for_node("erasure_hard_delete")[0].metadata["state"].value
+        still.asset_materializations_for_node("erasure_hard_delete")[0].metadata["state"].value
         == "held"
     )
     assert _user_exists(shop, subject)
@@ -264,7 +281,7 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
         "SELECT wrapped_key IS NOT NULL FROM lifecycle.subject_keys WHERE subject_id = %s",
         (subject,),
     ).fetchone() == (True,)
-    assert lift_hold(control, hold, "legal@shop.example")
+    assert lift_hold(control, object_hold, "legal@shop.example")
 
     # The backup a later test restores: taken after the soft delete, before the hard delete.
     admin = local_stack[0].postgres.start().conninfo()
