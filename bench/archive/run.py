@@ -5,6 +5,8 @@ with their items, then moves the rows of one month and of the whole range (order
 order_items) with each tool, every measurement in its own process so that peak RSS is its own:
 
 - raw:   `COPY (SELECT ...) TO STDOUT (FORMAT BINARY)` of the same rows, bytes discarded;
+- raw-join: the same, with the items selected only through the join on their orders' month
+         (PostgreSQL then scans every item each month; the query of the earlier bench runs);
 - ours:  MonthArchiver, month by month: extract, zstd Parquet, per-subject AES-GCM of personal
          columns, upload (GLACIER, SSE-KMS, SHA-256), GX verification, manifest;
 - dlt:   sql_table (pyarrow and connectorx backends) into Parquet on the same S3 (filesystem);
@@ -38,10 +40,34 @@ from lifecycle_pipelines.local.stack import LocalStack
 
 AS_OF = date(2026, 11, 25)
 ORDERS_QUERY = "SELECT * FROM orders WHERE created_at >= '{s}' AND created_at < '{e}'"
-ITEMS_QUERY = (
+# Every tool selects a month's items the way the archiver does: through the join on their
+# orders' month, plus the (redundant) bounds of those orders' keys, so that PostgreSQL reads the
+# month's items through the order_id index instead of scanning every item. The bounds are
+# looked up first (through the time index; part of each tool's timed work).
+BOUNDS_QUERY = (
+    "SELECT min(k), max(k) FROM (SELECT order_id AS k FROM orders"
+    " WHERE created_at >= '{s}' AND created_at < '{e}' OFFSET 0) AS q"
+)
+JOIN_ITEMS_QUERY = (
     "SELECT i.* FROM order_items i JOIN orders o ON i.order_id = o.order_id"
     " WHERE o.created_at >= '{s}' AND o.created_at < '{e}'"
 )
+ITEMS_QUERY = JOIN_ITEMS_QUERY + " AND i.order_id BETWEEN {lo} AND {hi}"
+
+
+def order_bounds(conn: psycopg.Connection[Any], start: date, end: date) -> tuple[int, int]:
+    """The lowest and highest order key of [start, end) (0, -1 when there is none)."""
+    row = conn.execute(BOUNDS_QUERY.format(s=start, e=end)).fetchone()
+    return (row[0], row[1]) if row and row[0] is not None else (0, -1)
+
+
+def month_queries(conn: psycopg.Connection[Any], month: date, *, bounded: bool = True) -> list[str]:
+    """The orders and items queries of one month."""
+    end = next_month(month)
+    if not bounded:
+        return [ORDERS_QUERY.format(s=month, e=end), JOIN_ITEMS_QUERY.format(s=month, e=end)]
+    lo, hi = order_bounds(conn, month, end)
+    return [ORDERS_QUERY.format(s=month, e=end), ITEMS_QUERY.format(s=month, e=end, lo=lo, hi=hi)]
 
 
 def months_of(months: int) -> list[date]:
@@ -69,12 +95,14 @@ def peak_rss_mib() -> float:
 
 
 # -- one measurement per process -------------------------------------------------------
-def measure_raw(stack: LocalStack, scope: list[date]) -> tuple[int, float]:
+def measure_raw(stack: LocalStack, scope: list[date], *, bounded: bool) -> tuple[int, float]:
     rows, seconds = 0, 0.0
     with psycopg.connect(stack.app_conninfo()) as conn:
         for month in scope:
-            for query in (ORDERS_QUERY, ITEMS_QUERY):
-                text = query.format(s=month, e=next_month(month))
+            started = time.perf_counter()
+            queries = month_queries(conn, month, bounded=bounded)
+            seconds += time.perf_counter() - started
+            for text in queries:
                 started = time.perf_counter()
                 with conn.cursor().copy(f"COPY ({text}) TO STDOUT (FORMAT BINARY)") as copy:
                     for _ in copy:
@@ -144,6 +172,8 @@ def measure_dlt(stack: LocalStack, scope: list[date], backend: str) -> int:
         f"{parts['dbname']}"
     )
     start, end = scope[0], next_month(scope[-1])
+    with psycopg.connect(stack.app_conninfo()) as conn:
+        lo, hi = order_bounds(conn, start, end)
 
     def orders_window(query: Any, table: Any) -> Any:
         return query.where(table.c.created_at >= start).where(table.c.created_at < end)
@@ -151,9 +181,9 @@ def measure_dlt(stack: LocalStack, scope: list[date], backend: str) -> int:
     def items_window(query: Any, table: Any) -> Any:
         return query.where(
             text(
-                "order_id IN (SELECT order_id FROM orders WHERE created_at >= :s"
-                " AND created_at < :e)"
-            ).bindparams(s=start, e=end)
+                "order_id BETWEEN :lo AND :hi AND order_id IN (SELECT order_id FROM orders"
+                " WHERE created_at >= :s AND created_at < :e)"
+            ).bindparams(lo=lo, hi=hi, s=start, e=end)
         )
 
     orders = sql_table(
@@ -187,8 +217,10 @@ def measure_wrangler(stack: LocalStack, scope: list[date]) -> int:
     rows = 0
     with psycopg.connect(stack.app_conninfo()) as conn:
         for month in scope:
-            for name, query in (("orders", ORDERS_QUERY), ("order_items", ITEMS_QUERY)):
-                frame = pd.read_sql(query.format(s=month, e=next_month(month)), conn)
+            for name, query in zip(
+                ("orders", "order_items"), month_queries(conn, month), strict=True
+            ):
+                frame = pd.read_sql(query, conn)
                 wr.s3.to_parquet(
                     frame,
                     path=f"s3://{bucket}/bench-wr/{name}/{month:%Y-%m}.parquet",
@@ -204,15 +236,15 @@ def child(args: argparse.Namespace) -> None:
     all_months = months_of(args.months)
     scope = [all_months[len(all_months) // 2]] if args.scope == "month" else all_months
     started = time.perf_counter()
-    if args.tool == "raw":
-        rows, seconds = measure_raw(stack, scope)
+    if args.tool in ("raw", "raw-join"):
+        rows, seconds = measure_raw(stack, scope, bounded=args.tool == "raw")
     elif args.tool == "ours":
         rows = measure_ours(stack, scope)
     elif args.tool.startswith("dlt-"):
         rows = measure_dlt(stack, scope, args.tool.removeprefix("dlt-"))
     else:
         rows = measure_wrangler(stack, scope)
-    if args.tool != "raw":
+    if not args.tool.startswith("raw"):
         seconds = time.perf_counter() - started
     sys.stdout.write(json.dumps({"rows": rows, "seconds": seconds, "rss": peak_rss_mib()}) + "\n")
 
@@ -247,7 +279,7 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=5_000_000)
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--tools", default="raw,ours,dlt-pyarrow,dlt-connectorx,wr")
+    parser.add_argument("--tools", default="raw,raw-join,ours,dlt-pyarrow,dlt-connectorx,wr")
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "SCOPE"))
     args = parser.parse_args()
     if args.child:
@@ -283,7 +315,10 @@ def main() -> None:
                 continue
             throughput = ours["rows"] / ours["seconds"]
             line = f"{scope}: ours/raw COPY = {throughput / (raw['rows'] / raw['seconds']):.2f}x"
-            peers = [t for t in results if t[1] == scope and t[0] not in ("ours", "raw")]
+            join = results.get(("raw-join", scope))
+            if join:
+                line += f" (/raw COPY of the join-only query = {throughput / (join['rows'] / join['seconds']):.2f}x)"
+            peers = [t for t in results if t[1] == scope and not t[0].startswith(("ours", "raw"))]
             best = max(
                 peers, key=lambda t: results[t]["rows"] / results[t]["seconds"], default=None
             )

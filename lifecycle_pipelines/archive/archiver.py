@@ -9,12 +9,18 @@
 3. A partition already verified or purged is not extracted again: its objects are the only copy
    of purged rows. The run confirms them (HeadObject: version and checksum) and stops.
 4. In one REPEATABLE READ snapshot of the source: stream the parent rows and their children to
-   Parquet parts (personal columns encrypted per subject) and compute the source figures of
-   every part with SQL.
-5. Upload each part (policy storage class, SSE-KMS, SHA-256 checksum checked by S3) and the
-   purge-keys object, and record the partition as `written` with its objects and subject index.
-6. Verify every object with its Great Expectations suite against the source figures, and that
-   S3 holds exactly the verified bytes; only then mark the partition `verified`.
+   Parquet parts (personal columns encrypted per subject, a row group at a time) through a
+   `psql` child process when one is available (psycopg otherwise), and compute the source
+   figures of every part with SQL on a second connection that imports the same snapshot.
+5. Upload each part as soon as it is closed (policy storage class, SSE-KMS, SHA-256 checksum
+   checked by S3) and read its figures back from the file, and insert it with its subject index
+   into the manifest transaction, both on threads of their own while the extraction goes on;
+   then upload the purge-keys object and commit the partition as `written`.
+6. Verify every object with its Great Expectations suite (its figures against the source's),
+   and that S3 holds exactly the verified bytes; only then mark the partition `verified`.
+
+Nothing runs per row in Python except the AES-GCM call of each row, made by `map` over a
+subject's rows; GX is imported on a thread while the extraction runs.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import IsolationLevel, sql
 
@@ -38,11 +47,19 @@ from lifecycle_pipelines.archive.columns import TableShape, check_child, check_p
 from lifecycle_pipelines.archive.crypto import (
     ENCRYPTION_SCHEME,
     PERSONAL_COLUMN,
+    UNATTRIBUTED,
     SubjectKeyring,
     encrypt_personal,
-    subject_ids,
 )
-from lifecycle_pipelines.archive.extract import PartWriter, StagedPart, select_month, stream_batches
+from lifecycle_pipelines.archive.extract import (
+    PSQL_ENV,
+    PartWriter,
+    StagedPart,
+    find_psql,
+    psql_batches,
+    select_month,
+    stream_batches,
+)
 from lifecycle_pipelines.archive.plan import (
     ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
@@ -50,7 +67,12 @@ from lifecycle_pipelines.archive.plan import (
     object_key,
 )
 from lifecycle_pipelines.archive.stats import ReconStats, parts_source_stats
-from lifecycle_pipelines.archive.verify import verify_object
+from lifecycle_pipelines.archive.verify import (
+    ObjectFigures,
+    file_figures,
+    start_warm_up,
+    verify_object,
+)
 from lifecycle_pipelines.checks.gx import CheckOutcome
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.policy import DataTypePolicy
@@ -60,15 +82,34 @@ from lifecycle_pipelines.resources.s3 import S3Resource
 log = logging.getLogger(__name__)
 
 KEYS_PREFIX = "_purge_keys"
+# Session settings of the extraction: UTC text timestamps; enough memory to sort a month by key
+# without temporary files; no parallel workers (the client, not the scan, sets the pace, and
+# workers would only take CPU from the rest of the run).
+EXTRACTION_SETTINGS = (
+    "TimeZone = 'UTC'",
+    "work_mem = '64MB'",
+    "max_parallel_workers_per_gather = 0",
+)
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A part once uploaded: what S3 answered, and the figures read back from the file."""
+
+    part: StagedPart
+    sha256: str  # base64, as S3 reports ChecksumSHA256
+    version_id: str | None
+    figures: ObjectFigures
 
 
 @dataclass
 class ArchivedTable:
-    """The parts of one table of the partition and their source figures."""
+    """The parts of one table of the partition, their uploads and their source figures."""
 
     shape: TableShape
     parts: list[StagedPart]
     source: list[ReconStats]
+    stored: list[Future[StoredPart]] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +130,20 @@ class ArchiveResult:
         return all(outcome.success for outcome in self.checks.values())
 
 
+def _return_freed_memory() -> None:
+    """Have Arrow hand freed memory back to the system at once (jemalloc, decay 0).
+
+    Arrow's default allocator (mimalloc) keeps what a month freed: a process that archives
+    month after month grew by about 10 MB a month; with jemalloc and no decay it does not.
+    Buffers already allocated keep their own pool, so switching is safe at any time."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        return
+    pa.jemalloc_set_decay_ms(0)
+    pa.set_memory_pool(pool)
+
+
 def check_partition(
     data_type: str, policy: DataTypePolicy, partition_key: str, today: date
 ) -> ArchiveMonth:
@@ -107,9 +162,18 @@ def check_shapes(conn: Any, data_type: str, policy: DataTypePolicy) -> list[Tabl
 
 
 def _relation(
-    shape: TableShape, parent: TableShape, month: ArchiveMonth
+    shape: TableShape,
+    parent: TableShape,
+    month: ArchiveMonth,
+    parent_keys: tuple[int, int] | None = None,
 ) -> tuple[sql.Composable, sql.Composable]:
-    """(FROM clause, WHERE clause) selecting the month's rows of `shape` (literals only)."""
+    """(FROM clause, WHERE clause) selecting the month's rows of `shape` (literals only).
+
+    A child is selected through its parent's month; `parent_keys`, the (lowest, highest) key of
+    the month's parents as extracted in the same snapshot, adds the redundant condition
+    `foreign key BETWEEN lowest AND highest`, which lets PostgreSQL read the child through its
+    foreign-key index instead of scanning the whole table every month (the join still decides
+    which rows belong to the month)."""
     start, end = sql.Literal(month.start), sql.Literal(month.end)
     if shape.foreign_key is None:
         assert shape.time_column is not None
@@ -125,7 +189,30 @@ def _relation(
         )
         time_col = sql.Identifier("p", parent.time_column)
     where = sql.SQL("{c} >= {s} AND {c} < {e}").format(c=time_col, s=start, e=end)
+    if shape.foreign_key is not None and parent_keys is not None:
+        where = sql.SQL("{w} AND t.{fk} BETWEEN {lo} AND {hi}").format(
+            w=where,
+            fk=sql.Identifier(shape.foreign_key),
+            lo=sql.Literal(parent_keys[0]),
+            hi=sql.Literal(parent_keys[1]),
+        )
     return rel, where
+
+
+def _parent_key_range(conn: Any, parent: TableShape, month: ArchiveMonth) -> tuple[int, int] | None:
+    """The lowest and highest key of the month's parents, by SQL in the snapshot of `conn`
+    (None for an empty month): the bounds of `_relation`'s redundant child condition.
+
+    The keys are read through the time index (`OFFSET 0` keeps PostgreSQL from answering
+    min/max by walking the primary key index until a row of the month turns up, which reads
+    every older row)."""
+    rel, where = _relation(parent, parent, month)
+    row = conn.execute(
+        sql.SQL(
+            "SELECT min(k), max(k) FROM (SELECT t.{pk} AS k FROM {rel} WHERE {w} OFFSET 0) AS q"
+        ).format(pk=sql.Identifier(parent.primary_key), rel=rel, w=where)
+    ).fetchone()
+    return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
 
 def _keys_table(shape: TableShape, batch: pa.RecordBatch) -> pa.Table:
@@ -146,6 +233,56 @@ def _keys_table(shape: TableShape, batch: pa.RecordBatch) -> pa.Table:
     )
 
 
+@dataclass
+class _RunContext:
+    """What the steps of one archive run share: its staging folder, key ring, threads and the
+    manifest transaction being built."""
+
+    stack: ExitStack
+    folder: Path
+    keyring: SubjectKeyring
+    uploads: ThreadPoolExecutor
+    recorder: ThreadPoolExecutor
+    record: manifest.WrittenPartition
+    recorded: list[Future[Any]] = field(default_factory=list)
+
+
+class _SubjectKeys:
+    """The subject keys of the month, looked up (or created) by a thread of their own while
+    the extraction goes on: each batch's new subjects are requested as the batch arrives, and
+    the encryption of a row group waits only for what it still lacks."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, keyring: SubjectKeyring | None) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self._keys: dict[str, bytes | None] = {}
+        self._requested: set[str] = set()
+        self._pending: list[Future[dict[str, bytes | None]]] = []
+
+    def request(self, column: pa.ChunkedArray) -> None:
+        """Start looking up the keys of the subjects in `column` not requested yet."""
+        if self._pool is None or self._keyring is None:
+            return
+        subjects = pc.unique(pc.cast(column, pa.string()).fill_null(UNATTRIBUTED)).to_pylist()
+        new = [s for s in subjects if s not in self._requested]
+        if new:
+            self._requested.update(new)
+            self._pending.append(self._pool.submit(self._keyring.keys, new, create=True))
+
+    def known(self) -> dict[str, bytes | None]:
+        """Every key requested so far (waits for the lookups still running)."""
+        for future in self._pending:
+            self._keys.update(future.result())
+        self._pending = []
+        return self._keys
+
+    def fetch(self, keyring: SubjectKeyring, subjects: list[str]) -> dict[str, bytes | None]:
+        """Keys of subjects that were not requested (looked up now, on `keyring`)."""
+        found = keyring.keys(subjects, create=True)
+        self._keys.update(found)
+        return found
+
+
 class MonthArchiver:
     """Archives one month of one data type (see the module docstring)."""
 
@@ -162,6 +299,7 @@ class MonthArchiver:
         staging_dir: Path | None = None,
         run_id: str | None = None,
         logger: logging.Logger | Any = log,
+        use_psql: bool | None = None,
     ) -> None:
         self.data_type = data_type
         self.policy = policy
@@ -173,6 +311,7 @@ class MonthArchiver:
         self.staging_dir = staging_dir
         self.run_id = run_id
         self.log = logger
+        self.use_psql = use_psql  # None: psql when one is found, else psycopg
         self.bucket = s3.bucket(ARCHIVE_BUCKET_SUFFIX)
         if not s3.sse_kms_key_id:
             raise ValueError("sse_kms_key_id: archival needs a KMS key to wrap subject keys")
@@ -181,6 +320,7 @@ class MonthArchiver:
     # -- the run -----------------------------------------------------------------------
     def run(self) -> ArchiveResult:
         started = time.perf_counter()
+        _return_freed_memory()
         with self.shop.connect() as shop_conn:
             shapes = check_shapes(shop_conn, self.data_type, self.policy)
         with self.control.connect(autocommit=True) as control_conn:
@@ -217,23 +357,37 @@ class MonthArchiver:
 
     def _archive(self, control_conn: Any, shapes: list[TableShape]) -> ArchiveResult:
         keyring = SubjectKeyring(control_conn, self.s3.client("kms"), self.kms_key_id)
-        with tempfile.TemporaryDirectory(prefix="archive-", dir=self.staging_dir) as tmp:
-            folder = Path(tmp)
-            snapshot_at, tables, keys_path = self._extract(folder, shapes, keyring)
+        self.s3.client("s3")  # built once here; the upload thread shares it (thread-safe)
+        gx_ready = start_warm_up()  # GX imports for seconds: overlap it with the extraction
+        with ExitStack() as stack:
+            folder = Path(
+                stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="archive-", dir=self.staging_dir)
+                )
+            )
+            # The manifest transaction runs on a connection and thread of its own: objects and
+            # their subject index are inserted while the rest of the month is extracted.
+            # Closing the connection without commit (any failure) rolls it all back.
+            manifest_conn = self.control.connect()
+            stack.callback(manifest_conn.close)
+            uploads = stack.enter_context(ThreadPoolExecutor(1, "archive-upload"))
+            recorder = stack.enter_context(ThreadPoolExecutor(1, "archive-manifest"))
+            record = manifest.WrittenPartition(manifest_conn, self.data_type, self.month.month)
+            run = _RunContext(stack, folder, keyring, uploads, recorder, record)
+            tables, keys_path = self._extract(run, shapes)
             source_rows = sum(s.rows for s in tables[0].source)
-            entries = self._upload(tables)
-            keys = self._upload_keys(keys_path) if source_rows else None
-            manifest.record_written(
-                control_conn,
-                self.data_type,
-                self.month.month,
-                snapshot_at=snapshot_at,
-                run_id=self.run_id,
+            keys = uploads.submit(self._upload_keys, keys_path) if source_rows else None
+            entries = self._entries(tables)
+            committed = recorder.submit(
+                record.commit,
                 source_rows=source_rows,
-                keys=keys,
+                keys=keys.result() if keys else None,
                 objects=entries,
             )
+            for step in [*run.recorded, committed]:
+                step.result()
             result = ArchiveResult(self.month, "written", entries, source_rows=source_rows)
+            gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
@@ -245,49 +399,91 @@ class MonthArchiver:
 
     # -- steps -------------------------------------------------------------------------
     def _extract(
-        self, folder: Path, shapes: list[TableShape], keyring: SubjectKeyring
-    ) -> tuple[datetime, list[ArchivedTable], Path]:
+        self, run: _RunContext, shapes: list[TableShape]
+    ) -> tuple[list[ArchivedTable], Path]:
+        """Stream every table of the month to Parquet parts in one REPEATABLE READ snapshot.
+
+        Work that does not need the main thread runs beside the extraction: each closed part
+        is uploaded and read back (its figures) by the upload thread and inserted with its
+        subject index into the manifest transaction by the manifest thread; a second shop
+        connection that imports the same snapshot (`SET TRANSACTION SNAPSHOT`) computes each
+        table's source figures with SQL."""
         parent = shapes[0]
-        keys_path = folder / "purge-keys.parquet"
+        keys_path = run.folder / "purge-keys.parquet"
         keys_writer: pq.ParquetWriter | None = None
         tables: list[ArchivedTable] = []
-        cipher_cache: dict[str, bytes | None] = {}
-        with self.shop.connect() as conn:
+        with ExitStack() as stack:
+            conn = self.shop.connect()
+            stack.callback(conn.close)
             conn.isolation_level = IsolationLevel.REPEATABLE_READ
             conn.read_only = True
-            row = conn.execute("SELECT clock_timestamp()").fetchone()
+            row = conn.execute("SELECT clock_timestamp(), pg_export_snapshot()").fetchone()
             assert row is not None
-            snapshot_at = row[0]
-            conn.execute("SET LOCAL TimeZone = 'UTC'")
+            snapshot_at, snapshot_id = row
+            for setting in EXTRACTION_SETTINGS:
+                conn.execute(f"SET LOCAL {setting}")
+            psql = find_psql() if self.use_psql is not False else None
+            if self.use_psql and psql is None:
+                raise FileNotFoundError(f"use_psql: no psql client found (set ${PSQL_ENV})")
+            psql_setup = [
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                sql.SQL("SET TRANSACTION SNAPSHOT {}")
+                .format(sql.Literal(snapshot_id))
+                .as_string(conn),
+                *(f"SET {setting}" for setting in EXTRACTION_SETTINGS),
+            ]
+            run.recorded.append(
+                run.recorder.submit(run.record.begin, snapshot_at=snapshot_at, run_id=self.run_id)
+            )
+            side_conn = self.shop.connect()
+            stack.callback(side_conn.close)
+            side_conn.isolation_level = IsolationLevel.REPEATABLE_READ
+            side_conn.read_only = True
+            side = stack.enter_context(ThreadPoolExecutor(1, "archive-source-figures"))
+            # First in the side thread's queue: the import must precede every query there.
+            imported = side.submit(
+                side_conn.execute,
+                sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)),
+            )
+            parent_keys = side.submit(_parent_key_range, side_conn, parent, self.month)
+            subject_keys = self._subject_keys(run, parent)
+            pending: list[tuple[TableShape, list[StagedPart], Future[Any]]] = []
             for shape in shapes:
-                rel, where = _relation(shape, parent, self.month)
+                bounds = None if shape is parent else parent_keys.result()
+                rel, where = _relation(shape, parent, self.month, bounds)
+                stored: list[Future[StoredPart]] = []
+                encrypt = None
+                if shape.personal_columns and shape.subject_column:
+                    encrypt = partial(self._encrypt, shape, run.keyring, subject_keys)
                 writer = PartWriter(
-                    folder / shape.table,
+                    run.folder / shape.table,
                     shape.table,
                     partial(self._part_file_name, shape.table),
                     self.max_rows,
                     self._file_metadata(shape),
+                    on_close=partial(self._part_closed, run, shape, stored),
+                    transform=encrypt,
                 )
                 rows = 0
-                for batch in stream_batches(conn, shape, select_month(shape, rel, where)):
-                    table = pa.Table.from_batches([batch])
-                    if shape.personal_columns and shape.subject_column:
-                        wanted = [
-                            s
-                            for s in set(subject_ids(table.column(shape.subject_column)))
-                            if s not in cipher_cache
-                        ]
-                        if wanted:
-                            cipher_cache.update(keyring.keys(wanted, create=True))
-                        table = encrypt_personal(
-                            table,
-                            table_name=shape.table,
-                            primary_key=shape.primary_key,
-                            subject_column=shape.subject_column,
-                            personal_columns=shape.personal_columns,
-                            keys=cipher_cache,
-                        )
-                    writer.write(table, shape.primary_key, shape.subject_column)
+                query = select_month(shape, rel, where)
+                if psql is not None:
+                    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER true)")
+                    batches = psql_batches(
+                        psql,
+                        self.shop.connection_kwargs(),
+                        psql_setup,
+                        statement.format(query).as_string(conn),
+                        shape,
+                    )
+                else:
+                    batches = stream_batches(conn, shape, query)
+                for batch in batches:
+                    if encrypt is not None:
+                        assert shape.subject_column is not None
+                        subject_keys.request(batch.column(shape.subject_column))
+                    writer.write(
+                        pa.Table.from_batches([batch]), shape.primary_key, shape.subject_column
+                    )
                     keys_table = _keys_table(shape, batch)
                     if keys_writer is None:
                         keys_writer = pq.ParquetWriter(
@@ -297,28 +493,109 @@ class MonthArchiver:
                     rows += batch.num_rows
                     self.log.debug(f"{self.month.label}: {shape.table} {rows} rows extracted")
                 parts = writer.close()
-                stats = parts_source_stats(
-                    conn,
+                imported.result()  # the snapshot import must have worked before any figure
+                figures = side.submit(
+                    parts_source_stats,
+                    side_conn,
                     rel,
                     where,
                     shape.primary_key,
                     list(shape.money_columns),
                     [(part.pk_min, part.pk_max) for part in parts],
                 )
+                pending.append((shape, parts, figures))
+                tables.append(ArchivedTable(shape, parts, [], stored))
+            for archived, (shape, parts, figures) in zip(tables, pending, strict=True):
+                stats = figures.result()
                 if stats.outside.rows:
                     raise RuntimeError(
                         f"{self.month.label}: {shape.table} has {stats.outside.rows} rows in the "
-                        "snapshot outside every extracted part; nothing was uploaded"
+                        "snapshot outside every extracted part; nothing was recorded"
                     )
+                archived.source = stats.parts
                 total_rows = sum(s.rows for s in stats.parts)
-                tables.append(ArchivedTable(shape, parts, stats.parts))
                 self.log.info(
                     f"{self.month.label}: {shape.table} {total_rows} rows in {len(parts)} parts"
                 )
+            side_conn.rollback()
             conn.rollback()
         if keys_writer is not None:
             keys_writer.close()
-        return snapshot_at, tables, keys_path
+        return tables, keys_path
+
+    def _subject_keys(self, run: _RunContext, parent: TableShape) -> _SubjectKeys:
+        """The month's subject keys, looked up on a control connection and thread of their own
+        (autocommit: a new key is durable before anything is encrypted with it)."""
+        if not (parent.personal_columns and parent.subject_column):
+            return _SubjectKeys(None, None)
+        keys_conn = self.control.connect(autocommit=True)
+        run.stack.callback(keys_conn.close)
+        pool = run.stack.enter_context(ThreadPoolExecutor(1, "archive-subject-keys"))
+        return _SubjectKeys(pool, SubjectKeyring(keys_conn, self.s3.client("kms"), self.kms_key_id))
+
+    def _encrypt(
+        self,
+        shape: TableShape,
+        keyring: SubjectKeyring,
+        subject_keys: _SubjectKeys,
+        table: pa.Table,
+    ) -> pa.Table:
+        """`table` (one row group) with its personal columns encrypted."""
+        assert shape.subject_column is not None
+        return encrypt_personal(
+            table,
+            table_name=shape.table,
+            primary_key=shape.primary_key,
+            subject_column=shape.subject_column,
+            personal_columns=shape.personal_columns,
+            keys=subject_keys.known(),
+            fetch_missing=partial(subject_keys.fetch, keyring),
+        )
+
+    def _part_closed(
+        self,
+        run: _RunContext,
+        shape: TableShape,
+        stored: list[Future[StoredPart]],
+        part: StagedPart,
+    ) -> None:
+        """A part is complete: upload it and add it to the manifest transaction."""
+        stored.append(run.uploads.submit(self._store_part, shape, part))
+        run.recorded.append(
+            run.recorder.submit(
+                run.record.add_object,
+                table_name=shape.table,
+                part=part.part,
+                bucket=self.bucket,
+                object_key=object_key(self.policy, shape.table, self.month.month, part.part),
+                storage_class=self.policy.archive_storage_class or "STANDARD",
+                subjects=part.subjects,
+            )
+        )
+
+    def _store_part(self, shape: TableShape, part: StagedPart) -> StoredPart:
+        """Upload one closed part (upload thread) and read its figures back from the file."""
+        storage_class = self.policy.archive_storage_class or "STANDARD"
+        key = object_key(self.policy, shape.table, self.month.month, part.part)
+        _, checksum = part.sha256()
+        with part.path.open("rb") as body:
+            response = self.s3.client("s3").put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                StorageClass=storage_class,
+                # botocore computes SHA-256 over the bytes it sends and S3 checks it;
+                # verification compares S3's figure with the verified file's digest.
+                # (A precomputed ChecksumSHA256 header would be ignored by moto.)
+                ChecksumAlgorithm="SHA256",
+                ContentType="application/vnd.apache.parquet",
+                **self.s3.encryption_args(),
+            )
+        self.log.info(
+            f"uploaded {self.s3.uri(self.bucket, key)} ({part.rows} rows, "
+            f"{part.size_bytes} bytes, {storage_class})"
+        )
+        return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
     def _part_file_name(self, table: str, part: int) -> str:
         return Path(object_key(self.policy, table, self.month.month, part)).name
@@ -343,37 +620,28 @@ class MonthArchiver:
             )
         return metadata
 
-    def _upload(self, tables: list[ArchivedTable]) -> list[manifest.ObjectEntry]:
+    def _entries(self, tables: list[ArchivedTable]) -> list[manifest.ObjectEntry]:
+        """The manifest entries of every uploaded part (waits for the uploads)."""
         storage_class = self.policy.archive_storage_class or "STANDARD"
         entries = []
         for archived in tables:
-            for part, stats in zip(archived.parts, archived.source, strict=True):
-                key = object_key(self.policy, archived.shape.table, self.month.month, part.part)
-                _, checksum = part.sha256()
-                with part.path.open("rb") as body:
-                    response = self.s3.client("s3").put_object(
-                        Bucket=self.bucket,
-                        Key=key,
-                        Body=body,
-                        StorageClass=storage_class,
-                        # botocore computes SHA-256 over the bytes it sends and S3 checks it;
-                        # verification compares S3's figure with the verified file's digest.
-                        # (A precomputed ChecksumSHA256 header would be ignored by moto.)
-                        ChecksumAlgorithm="SHA256",
-                        ContentType="application/vnd.apache.parquet",
-                        **self.s3.encryption_args(),
-                    )
+            for part, stats, future in zip(
+                archived.parts, archived.source, archived.stored, strict=True
+            ):
+                stored = future.result()
                 entries.append(
                     manifest.ObjectEntry(
                         table_name=archived.shape.table,
                         part=part.part,
                         bucket=self.bucket,
-                        object_key=key,
-                        version_id=response.get("VersionId"),
+                        object_key=object_key(
+                            self.policy, archived.shape.table, self.month.month, part.part
+                        ),
+                        version_id=stored.version_id,
                         storage_class=storage_class,
                         row_count=part.rows,
                         size_bytes=part.size_bytes,
-                        sha256=checksum,
+                        sha256=stored.sha256,
                         pk_min=part.pk_min,
                         pk_max=part.pk_max,
                         pk_sum=stats.pk_sum,
@@ -381,10 +649,6 @@ class MonthArchiver:
                         money_sums=stats.money_text(),
                         subjects=dict(part.subjects),
                     )
-                )
-                self.log.info(
-                    f"uploaded {self.s3.uri(self.bucket, key)} ({part.rows} rows, "
-                    f"{part.size_bytes} bytes, {storage_class})"
                 )
         return entries
 
@@ -412,7 +676,9 @@ class MonthArchiver:
     ) -> None:
         by_key = {(e.table_name, e.part): e for e in entries}
         for archived in tables:
-            for part, stats in zip(archived.parts, archived.source, strict=True):
+            for part, stats, future in zip(
+                archived.parts, archived.source, archived.stored, strict=True
+            ):
                 entry = by_key[(archived.shape.table, part.part)]
                 result.schemas[archived.shape.table] = pq.read_schema(part.path)
                 outcomes = verify_object(
@@ -423,6 +689,7 @@ class MonthArchiver:
                     month=self.month,
                     s3=self.s3,
                     entry=entry,
+                    figures=future.result().figures,
                 )
                 for name, outcome in outcomes.items():
                     if name in result.checks:

@@ -14,9 +14,12 @@ primary key so a ciphertext cannot be moved to another row. Keys, money and time
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ PERSONAL_COLUMN = "_personal"
 ENCRYPTION_SCHEME = "aes-256-gcm-subject-v1"
 UNATTRIBUTED = "unattributed"  # subject id used for rows whose subject column is NULL
 NONCE_BYTES = 12
+ENCRYPT_SLICE_ROWS = 32_768
 
 
 class SubjectKeyring:
@@ -80,55 +84,68 @@ class SubjectKeyring:
         created when `create` (concurrent creators agree: the first insert wins), else left out.
 
         Raw keys are returned rather than cipher objects: an AESGCM object holds ~2.4 KB of
-        OpenSSL state, too much to keep for every subject of a month."""
+        OpenSSL state, too much to keep for every subject of a month. The subject ids travel
+        as one array literal each way (no per-subject statement or Python-side array dumping)."""
         wanted = sorted(set(subject_ids))
+        if not wanted:
+            return {}
+        result = self._unwrapped(wanted)
         if create:
-            kek_id, kek = self._current_kek()
-            existing = {
-                subject
-                for (subject,) in self._control.execute(
-                    "SELECT subject_id FROM lifecycle.subject_keys WHERE subject_id = ANY(%s)",
-                    (wanted,),
-                )
-            }
-            new = [s for s in wanted if s not in existing]
-            if new:
-                rows = []
-                for subject in new:
-                    nonce = os.urandom(NONCE_BYTES)
-                    wrapped = nonce + kek.encrypt(nonce, os.urandom(32), subject.encode())
-                    rows.append((subject, kek_id, wrapped))
-                with self._control.transaction():
-                    self._control.execute(
-                        "CREATE TEMP TABLE new_subject_keys (subject_id text, kek_id bigint,"
-                        " wrapped_key bytea) ON COMMIT DROP"
-                    )
-                    with self._control.cursor().copy(
-                        "COPY new_subject_keys (subject_id, kek_id, wrapped_key)"
-                        " FROM STDIN (FORMAT binary)"
-                    ) as copy:
-                        copy.set_types(["text", "int8", "bytea"])
-                        for row in rows:
-                            copy.write_row(row)
-                    self._control.execute(
-                        "INSERT INTO lifecycle.subject_keys (subject_id, kek_id, wrapped_key)"
-                        " SELECT subject_id, kek_id, wrapped_key FROM new_subject_keys"
-                        " ON CONFLICT (subject_id) DO NOTHING"
-                    )
-        result: dict[str, bytes | None] = {}
-        for subject, kek_id, wrapped in self._control.execute(
+            missing = [s for s in wanted if s not in result]
+            if missing:
+                created = self._create(missing)
+                result.update(created)
+                lost = [s for s in missing if s not in created]  # another run created them
+                if lost:
+                    result.update(self._unwrapped(lost))
+        return result
+
+    def _unwrapped(self, subjects: list[str]) -> dict[str, bytes | None]:
+        rows = self._control.execute(
             "SELECT subject_id, kek_id, wrapped_key FROM lifecycle.subject_keys"
-            " WHERE subject_id = ANY(%s)",
-            (wanted,),
-        ):
+            " WHERE subject_id = ANY(%s::text[])",
+            (_text_array(subjects),),
+            binary=True,
+        ).fetchall()
+        result: dict[str, bytes | None] = {}
+        by_kek: dict[int, list[tuple[str, bytes]]] = {}
+        for subject, kek_id, wrapped in rows:
             if wrapped is None:
                 result[subject] = None
-                continue
-            blob = bytes(wrapped)
-            result[subject] = self._kek(kek_id).decrypt(
-                blob[:NONCE_BYTES], blob[NONCE_BYTES:], subject.encode()
+            else:
+                by_kek.setdefault(kek_id, []).append((subject, wrapped))
+        for kek_id, items in by_kek.items():
+            subjects_of, blobs = zip(*items, strict=True)
+            nonces = [blob[:NONCE_BYTES] for blob in blobs]
+            sealed = [blob[NONCE_BYTES:] for blob in blobs]
+            aads = [subject.encode() for subject in subjects_of]
+            result.update(
+                zip(subjects_of, map(self._kek(kek_id).decrypt, nonces, sealed, aads), strict=True)
             )
         return result
+
+    def _create(self, subjects: list[str]) -> dict[str, bytes]:
+        """Create keys for `subjects`; the ones this call inserted (others lost a race)."""
+        kek_id, kek = self._current_kek()
+        raw = os.urandom(32 * len(subjects))
+        keys = [raw[i * 32 : (i + 1) * 32] for i in range(len(subjects))]
+        nonce_bytes = os.urandom(NONCE_BYTES * len(subjects))
+        nonces = [
+            nonce_bytes[i * NONCE_BYTES : (i + 1) * NONCE_BYTES] for i in range(len(subjects))
+        ]
+        aads = [subject.encode() for subject in subjects]
+        wrapped = [
+            (nonce + sealed).hex()
+            for nonce, sealed in zip(nonces, map(kek.encrypt, nonces, keys, aads), strict=True)
+        ]
+        inserted = self._control.execute(
+            "INSERT INTO lifecycle.subject_keys (subject_id, kek_id, wrapped_key)"
+            " SELECT s, %s, decode(w, 'hex') FROM unnest(%s::text[], %s::text[]) AS u(s, w)"
+            " ON CONFLICT (subject_id) DO NOTHING RETURNING subject_id",
+            (kek_id, _text_array(subjects), "{" + ",".join(wrapped) + "}"),
+        ).fetchall()
+        fresh = dict(zip(subjects, keys, strict=True))
+        return {subject: fresh[subject] for (subject,) in inserted}
 
     def destroy(self, subject_id: str) -> bool:
         """Crypto-shred one subject's key; True if a live key was destroyed now.
@@ -148,6 +165,19 @@ class SubjectKeyring:
             (subject_id,),
         )
         return False
+
+
+_PLAIN_LIST = re.compile(r"[A-Za-z0-9_.:@+-]+(?:,[A-Za-z0-9_.:@+-]+)*")
+_NULL_ELEMENT = re.compile(r"(?:^|,)null(?:,|$)", re.IGNORECASE)
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL text[] literal of `values` (quoted and escaped unless plainly safe)."""
+    joined = ",".join(values)
+    if _PLAIN_LIST.fullmatch(joined) and not _NULL_ELEMENT.search(joined):
+        return "{" + joined + "}"
+    quoted = (v.replace("\\", "\\\\").replace('"', '\\"') for v in values)
+    return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
 
 
 def subject_ids(column: pa.ChunkedArray | pa.Array) -> list[str]:
@@ -194,6 +224,64 @@ def _aad(table: str, pks: np.ndarray) -> tuple[bytes, bytes]:
     return table.encode() + b"\x00", pks.astype(">i8").tobytes()
 
 
+@dataclass(frozen=True)
+class SubjectGroups:
+    """The rows of a batch grouped by subject: `order` lists row indices subject by subject;
+    group i is `order[starts[i]:ends[i]]` and belongs to `subjects[i]` (NULL: UNATTRIBUTED)."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    subjects: list[str]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows per subject."""
+        return dict(zip(self.subjects, (self.ends - self.starts).tolist(), strict=True))
+
+
+def group_by_subject(column: pa.ChunkedArray | pa.Array) -> SubjectGroups:
+    """Group rows by subject id (the text of the subject column) with one NumPy sort."""
+    n = len(column)
+    if pa.types.is_integer(column.type):
+        values = np.asarray(pc.fill_null(column, 0).to_numpy(), dtype=np.int64)
+        order = np.argsort(values, kind="stable")
+        nulls = np.asarray(pc.is_null(column)) if column.null_count else None
+        if nulls is not None:
+            order = np.concatenate([order[~nulls[order]], np.flatnonzero(nulls)])
+        ranked = values[order]
+        change = ranked[1:] != ranked[:-1]
+        if nulls is not None:
+            change |= nulls[order][1:] != nulls[order][:-1]
+        starts = np.flatnonzero(np.r_[True, change]) if n else np.zeros(0, dtype=np.int64)
+        subjects = [str(v) for v in ranked[starts].tolist()]
+        if nulls is not None and nulls.any():
+            subjects[-1] = UNATTRIBUTED
+    else:
+        as_text = pc.cast(column, pa.string()).fill_null(UNATTRIBUTED)
+        encoded = pc.dictionary_encode(as_text)
+        if isinstance(encoded, pa.ChunkedArray):
+            encoded = encoded.unify_dictionaries().combine_chunks()
+        codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        ranked = codes[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]) if n else codes[:0]
+        dictionary = encoded.dictionary.to_pylist()
+        subjects = [dictionary[c] for c in ranked[starts].tolist()]
+    ends = np.r_[starts[1:], n].astype(np.int64)
+    return SubjectGroups(order, starts.astype(np.int64), ends, subjects)
+
+
+def _aads(table: str, pks: np.ndarray) -> list[bytes]:
+    """The AAD of every row, table name + NUL + big-endian int64 key, built by NumPy."""
+    prefix = np.frombuffer(table.encode() + b"\x00", dtype=np.uint8)
+    width = prefix.size + 8
+    buffer = np.empty((pks.size, width), dtype=np.uint8)
+    buffer[:, : prefix.size] = prefix
+    buffer[:, prefix.size :] = pks.astype(">i8").view(np.uint8).reshape(-1, 8)
+    return buffer.view(f"V{width}").ravel().tolist()
+
+
 def encrypt_personal(
     table: pa.Table,
     *,
@@ -202,35 +290,69 @@ def encrypt_personal(
     subject_column: str,
     personal_columns: Sequence[str],
     keys: Mapping[str, bytes | None],
+    fetch_missing: Callable[[list[str]], Mapping[str, bytes | None]] | None = None,
 ) -> pa.Table:
     """Replace `personal_columns` with the `_personal` ciphertext column.
 
+    `keys` maps subject ids to their data keys; subjects missing from it are asked of
+    `fetch_missing` in one call when given (else KeyError: nothing is ever written in clear).
+
+    Every row gets its own random nonce and one AES-256-GCM encryption under its subject's key,
+    authenticated with the table name and the row's key. Rows are grouped by subject with a
+    NumPy sort, and each subject's rows go through the cipher in one `map` (no Python code per
+    row); nonces, AADs and plaintexts are prepared as whole arrays.
     Rows of a subject whose key is destroyed get a NULL `_personal` (nothing readable is written).
     """
     n = table.num_rows
-    encoded = encode_rows(table, personal_columns)
-    offsets = np.frombuffer(encoded.buffers()[1], dtype=np.int32)[encoded.offset :].tolist()
-    data = encoded.buffers()[2]
-    subjects = subject_ids(table.column(subject_column))
-    prefix, pk_bytes = _aad(table_name, table.column(primary_key).to_numpy())
-    nonces = os.urandom(NONCE_BYTES * n)
-    view = memoryview(data.to_pybytes() if data is not None else b"")
-    cells: list[bytes | None] = [None] * n
-    current: str | None = None
-    cipher: AESGCM | None = None
-    # Rows grouped by subject: one short-lived cipher object per subject and batch.
-    for i in sorted(range(n), key=subjects.__getitem__):
-        if subjects[i] != current:
-            current = subjects[i]
-            key = keys[current]
-            cipher = None if key is None else AESGCM(key)
-        if cipher is None:
-            continue
-        nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
-        aad = prefix + pk_bytes[i * 8 : i * 8 + 8]
-        cells[i] = nonce + cipher.encrypt(nonce, view[offsets[i] : offsets[i + 1]], aad)
     kept = table.drop_columns(list(personal_columns))
-    return kept.append_column(pa.field(PERSONAL_COLUMN, pa.binary()), pa.array(cells, pa.binary()))
+    field = pa.field(PERSONAL_COLUMN, pa.binary())
+    if n == 0:
+        return kept.append_column(field, pa.array([], pa.binary()))
+    groups = group_by_subject(table.column(subject_column))
+    order = groups.order
+    if fetch_missing is not None:
+        missing = [s for s in groups.subjects if s not in keys]
+        if missing:
+            fetched = fetch_missing(missing)
+            keys = {s: fetched[s] if s in fetched else keys[s] for s in groups.subjects}
+    encoded = encode_rows(table, personal_columns)
+    pks = np.asarray(table.column(primary_key).to_numpy(), dtype=np.int64)
+    starts, ends = groups.starts.tolist(), groups.ends.tolist()
+    # Rows go through the ciphers in slices of about ENCRYPT_SLICE_ROWS rows (whole subject
+    # groups), so the per-row Python objects of a slice are all that exists at a time.
+    cuts = np.searchsorted(groups.starts, np.arange(ENCRYPT_SLICE_ROWS, n, ENCRYPT_SLICE_ROWS))
+    bounds = [0, *sorted(set(cuts.tolist()) - {0}), len(starts)]
+    sealed_slices: list[pa.Array] = []
+    for first, last in itertools.pairwise(bounds):
+        if first == last:
+            continue
+        low, high = starts[first], ends[last - 1]
+        rows = order[low:high]
+        plaintexts = encoded.take(pa.array(rows)).to_pylist()
+        aads = _aads(table_name, pks[rows])
+        nonce_bytes = os.urandom(NONCE_BYTES * (high - low))
+        nonces = np.frombuffer(nonce_bytes, dtype=f"V{NONCE_BYTES}").tolist()
+        sealed: list[bytes | None] = []
+        for group in range(first, last):
+            start, end = starts[group] - low, ends[group] - low
+            key = keys[groups.subjects[group]]
+            if key is None:
+                sealed.extend([None] * (end - start))
+            else:
+                cipher = AESGCM(key)
+                sealed.extend(
+                    map(cipher.encrypt, nonces[start:end], plaintexts[start:end], aads[start:end])
+                )
+        nonce_array = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(NONCE_BYTES), high - low, [None, pa.py_buffer(nonce_bytes)]
+        ).cast(pa.binary())
+        sealed_slices.append(
+            pc.binary_join_element_wise(nonce_array, pa.array(sealed, pa.binary()), b"")
+        )
+    cells = pa.chunked_array(sealed_slices, pa.binary()).combine_chunks()
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n)
+    return kept.append_column(field, cells.take(pa.array(inverse)))
 
 
 def decrypt_personal(

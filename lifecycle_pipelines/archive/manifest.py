@@ -1,20 +1,22 @@
 """The archive manifest in the control schema: partitions, objects, subject index.
 
-Each state change is one transaction: `record_written` replaces a partition's objects and
-subject index together; `mark_verified`, `mark_purged` and `mark_expired` move states forward.
+Each state change is one transaction: `WrittenPartition` (or `record_written`) replaces a
+partition's objects and subject index together; `mark_verified`, `mark_purged` and `mark_expired` move states forward.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 
 @dataclass
@@ -100,6 +102,153 @@ def get_objects(conn: psycopg.Connection[Any], data_type: str, month: date) -> l
     ]
 
 
+class WrittenPartition:
+    """Records a partition as `written` in one transaction of its own connection, built up
+    while the partition is extracted: `begin` claims the partition (replacing an earlier
+    attempt's objects), `add_object` inserts an object with its subject index as soon as its
+    part is closed (the subject index is the costly part, so it is written while the rest of
+    the month is still being extracted), and `commit` fills in every object's final figures
+    (version, checksum, source sums) and commits. Until then nothing is visible; a failure or
+    a crash leaves the manifest as it was.
+
+    Only a partition that is new or still `written` can be recorded again: a verified or purged
+    partition's objects are the only copy of purged rows and are never replaced.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
+        self.conn = conn
+        self.data_type = data_type
+        self.month = month
+        self._ids: dict[tuple[str, int], int] = {}
+
+    def begin(self, *, snapshot_at: datetime, run_id: str | None) -> None:
+        current = self.conn.execute(
+            "SELECT state FROM lifecycle.archive_partitions"
+            " WHERE data_type = %s AND partition_month = %s FOR UPDATE",
+            (self.data_type, self.month),
+        ).fetchone()
+        if current is not None and current[0] != "written":
+            raise RuntimeError(
+                f"{self.data_type} {self.month:%Y-%m} is already {current[0]}; its objects are "
+                "not replaced"
+            )
+        self.conn.execute(
+            "INSERT INTO lifecycle.archive_partitions (data_type, partition_month, state,"
+            " snapshot_at, run_id, source_rows)"
+            " VALUES (%s, %s, 'written', %s, %s, 0)"
+            " ON CONFLICT (data_type, partition_month) DO UPDATE SET state = 'written',"
+            " snapshot_at = EXCLUDED.snapshot_at, run_id = EXCLUDED.run_id,"
+            " source_rows = 0, written_at = now(), verified_at = NULL,"
+            " keys_bucket = NULL, keys_object_key = NULL, keys_version_id = NULL",
+            (self.data_type, self.month, snapshot_at, run_id),
+        )
+        self.conn.execute(
+            "DELETE FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s",
+            (self.data_type, self.month),
+        )
+
+    def add_object(
+        self,
+        *,
+        table_name: str,
+        part: int,
+        bucket: str,
+        object_key: str,
+        storage_class: str,
+        subjects: dict[str, int],
+    ) -> int:
+        """Insert an object (its figures come with `commit`) and its subject index."""
+        row = self.conn.execute(
+            "INSERT INTO lifecycle.archive_objects (data_type, partition_month, table_name,"
+            " part, bucket, object_key, storage_class, row_count, size_bytes, sha256, pk_sum,"
+            " pk_hash_sum, state) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, '', 0, 0,"
+            " 'written') RETURNING object_id",
+            (self.data_type, self.month, table_name, part, bucket, object_key, storage_class),
+        ).fetchone()
+        assert row is not None
+        object_id = int(row[0])
+        self._ids[(table_name, part)] = object_id
+        if subjects:
+            with self.conn.cursor().copy(
+                "COPY lifecycle.subject_index (subject_id, object_id, row_count)"
+                " FROM STDIN (FORMAT csv)"
+            ) as copy:
+                copy.write(_subject_rows_csv(subjects, object_id))
+        return object_id
+
+    def finish(
+        self,
+        *,
+        source_rows: int,
+        keys: tuple[str, str, str | None] | None,
+        objects: Iterable[ObjectEntry],
+    ) -> None:
+        """Record every object's final figures (objects not added yet are added now) so that
+        the partition holds exactly `objects`; `commit` makes it visible."""
+        entries = list(objects)
+        for entry in entries:
+            if (entry.table_name, entry.part) not in self._ids:
+                self.add_object(
+                    table_name=entry.table_name,
+                    part=entry.part,
+                    bucket=entry.bucket,
+                    object_key=entry.object_key,
+                    storage_class=entry.storage_class,
+                    subjects=entry.subjects,
+                )
+        extra = set(self._ids) - {(e.table_name, e.part) for e in entries}
+        if extra:
+            raise ValueError(f"objects {sorted(extra)} were added but are not being recorded")
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE lifecycle.archive_objects SET version_id = %s, storage_class = %s,"
+                " row_count = %s, size_bytes = %s, sha256 = %s, pk_min = %s, pk_max = %s,"
+                " pk_sum = %s, pk_hash_sum = %s, money_sums = %s, bucket = %s, object_key = %s"
+                " WHERE object_id = %s",
+                [
+                    (
+                        e.version_id,
+                        e.storage_class,
+                        e.row_count,
+                        e.size_bytes,
+                        e.sha256,
+                        e.pk_min,
+                        e.pk_max,
+                        e.pk_sum,
+                        e.pk_hash_sum,
+                        json.dumps(e.money_sums),
+                        e.bucket,
+                        e.object_key,
+                        self._ids[(e.table_name, e.part)],
+                    )
+                    for e in entries
+                ],
+            )
+        self.conn.execute(
+            "UPDATE lifecycle.archive_partitions SET source_rows = %s, keys_bucket = %s,"
+            " keys_object_key = %s, keys_version_id = %s"
+            " WHERE data_type = %s AND partition_month = %s",
+            (source_rows, *(keys or (None, None, None)), self.data_type, self.month),
+        )
+        for entry in entries:
+            entry.object_id = self._ids[(entry.table_name, entry.part)]
+
+    def commit(
+        self,
+        *,
+        source_rows: int,
+        keys: tuple[str, str, str | None] | None,
+        objects: Iterable[ObjectEntry],
+    ) -> None:
+        """`finish`, then commit: the partition is `written` with exactly `objects`."""
+        self.finish(source_rows=source_rows, keys=keys, objects=objects)
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+        self._ids.clear()
+
+
 def record_written(
     conn: psycopg.Connection[Any],
     data_type: str,
@@ -111,76 +260,29 @@ def record_written(
     keys: tuple[str, str, str | None] | None,
     objects: Iterable[ObjectEntry],
 ) -> None:
-    """Record a partition as written with exactly `objects` (replacing an earlier attempt).
-
-    Only a partition that is new or still `written` can be recorded again: a verified or purged
-    partition's objects are the only copy of purged rows and are never replaced.
-    """
+    """Record a partition as written with exactly `objects` (replacing an earlier attempt), in
+    one transaction (`WrittenPartition` in one go; `conn` may be in autocommit mode)."""
     with conn.transaction():
-        current = conn.execute(
-            "SELECT state FROM lifecycle.archive_partitions"
-            " WHERE data_type = %s AND partition_month = %s FOR UPDATE",
-            (data_type, month),
-        ).fetchone()
-        if current is not None and current[0] != "written":
-            raise RuntimeError(
-                f"{data_type} {month:%Y-%m} is already {current[0]}; its objects are not replaced"
-            )
-        conn.execute(
-            "INSERT INTO lifecycle.archive_partitions (data_type, partition_month, state,"
-            " snapshot_at, run_id, source_rows, keys_bucket, keys_object_key, keys_version_id)"
-            " VALUES (%s, %s, 'written', %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (data_type, partition_month) DO UPDATE SET state = 'written',"
-            " snapshot_at = EXCLUDED.snapshot_at, run_id = EXCLUDED.run_id,"
-            " source_rows = EXCLUDED.source_rows, written_at = now(), verified_at = NULL,"
-            " keys_bucket = EXCLUDED.keys_bucket, keys_object_key = EXCLUDED.keys_object_key,"
-            " keys_version_id = EXCLUDED.keys_version_id",
-            (data_type, month, snapshot_at, run_id, source_rows, *(keys or (None, None, None))),
-        )
-        conn.execute(
-            "DELETE FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s",
-            (data_type, month),
-        )
-        for entry in objects:
-            row = conn.execute(
-                "INSERT INTO lifecycle.archive_objects (data_type, partition_month, table_name,"
-                " part, bucket, object_key, version_id, storage_class, row_count, size_bytes,"
-                " sha256, pk_min, pk_max, pk_sum, pk_hash_sum, money_sums, state)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " 'written') RETURNING object_id",
-                (
-                    data_type,
-                    month,
-                    entry.table_name,
-                    entry.part,
-                    entry.bucket,
-                    entry.object_key,
-                    entry.version_id,
-                    entry.storage_class,
-                    entry.row_count,
-                    entry.size_bytes,
-                    entry.sha256,
-                    entry.pk_min,
-                    entry.pk_max,
-                    entry.pk_sum,
-                    entry.pk_hash_sum,
-                    json.dumps(entry.money_sums),
-                ),
-            ).fetchone()
-            assert row is not None
-            entry.object_id = row[0]
-            if entry.subjects:
-                with conn.cursor().copy(
-                    "COPY lifecycle.subject_index (subject_id, object_id, row_count)"
-                    " FROM STDIN (FORMAT csv)"
-                ) as copy:
-                    copy.write(_subject_rows_csv(entry.subjects, entry.object_id))
+        record = WrittenPartition(conn, data_type, month)
+        record.begin(snapshot_at=snapshot_at, run_id=run_id)
+        record.finish(source_rows=source_rows, keys=keys, objects=objects)
 
 
 def _subject_rows_csv(subjects: dict[str, int], object_id: int) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows((subject, object_id, count) for subject, count in subjects.items())
-    return buffer.getvalue().encode()
+    """COPY CSV rows (subject, object, rows) written by Arrow, in subject order (the primary
+    key's order, so that the index receives them in sequence)."""
+    ids = pa.array(list(subjects), pa.string())
+    order = pc.sort_indices(ids)
+    table = pa.table(
+        {
+            "subject_id": ids.take(order),
+            "object_id": pa.array(np.full(len(ids), object_id, dtype=np.int64)),
+            "row_count": pa.array(list(subjects.values()), pa.int64()).take(order),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False))
+    return sink.getvalue().to_pybytes()
 
 
 def mark_verified(conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
