@@ -1,14 +1,23 @@
 """Benchmark: one hourly warehouse load of ORDERS order rows (default 1M), against the raw
 limit of COPY FROM STDIN and against pandas + awswrangler `postgresql.to_sql`, in one run.
 
-Seeds a throw-away stack, stamps every order with the same past hour (the update trigger is
-disabled for that), then, each in its own process:
-- ours:  HourLoader for that hour (extract, HMAC user keys, Parquet staged on S3, COPY into a
-         stage, drop stale, MERGE, reconciliation figures) into an empty warehouse;
-- raw:   COPY FROM STDIN of the same rows' CSV (already extracted, untimed) into a bare table;
-- wr:    pandas.read_sql of the same rows, then awswrangler.postgresql.to_sql (pg8000).
+Seeds a stack, stamps every order with the same past hour (the update trigger is disabled for
+that, then the table is vacuumed), then, each in its own process and into an emptied warehouse:
+- raw:        COPY FROM STDIN of the same rows' CSV (extracted beforehand, untimed) into a bare
+              table (no key, no index);
+- ours:       HourLoader for that hour: extract in one snapshot, HMAC user keys, Parquet staged
+              on S3, binary COPY into a temporary stage, lock, MERGE, reconciliation frame,
+              commit; then, timed apart, the GX reconciliation check of the asset;
+- ours-rerun: the same hour loaded again (every row matched; nothing changes);
+- wr:         pandas.read_sql of the same rows, then awswrangler.postgresql.to_sql (pg8000).
 
-    .venv/bin/python bench/warehouse_load/run.py [--orders N]
+    .venv/bin/python bench/warehouse_load/run.py [--orders N] [--state-dir DIR] [--tools ...]
+
+Prints seconds, rows/s, peak RSS and CPU seconds (the tool's process with its children, the
+whole PostgreSQL cluster, the moto server) per tool, our load's phases, then the ratios. The
+machine has 2 cores: CPU seconds show where the time goes when the wall clock is shared. --state-dir reuses a
+seeded stack between invocations (it is seeded when empty); without it a throw-away stack is
+used.
 """
 
 from __future__ import annotations
@@ -16,12 +25,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -30,6 +41,7 @@ from lifecycle_pipelines.local.stack import LocalStack
 
 HOUR = datetime(2026, 11, 20, 9, tzinfo=UTC)
 QUERY = "SELECT * FROM orders WHERE updated_at >= '{s}' AND updated_at < '{e}'"
+TOOLS = ("raw", "ours", "ours-rerun", "wr")
 
 
 def peak_rss_mib() -> float:
@@ -39,6 +51,52 @@ def peak_rss_mib() -> float:
     return 0.0
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cluster_cpu_seconds(state_dir: Path) -> float:
+    """CPU seconds of the whole PostgreSQL cluster so far: the postmaster, its live children
+    (backends, also those of psql children) and, through cutime, the children it has reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = int((state_dir / "postgres" / "pgdata" / "postmaster.pid").read_text().split()[0])
+    fields = _stat(postmaster)
+    total = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                child = _stat(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(child[1]) == postmaster:
+                total += int(child[11]) + int(child[12])
+    return total / tick
+
+
+def moto_cpu_seconds(state_dir: Path) -> float:
+    fields = _stat(int((state_dir / "moto.pid").read_text().split()[0]))
+    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuClock:
+    """CPU seconds spent since creation: this process (with children such as psql), the
+    PostgreSQL cluster and the moto server."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float, float]:
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        return own, cluster_cpu_seconds(self.state_dir), moto_cpu_seconds(self.state_dir)
+
+    def spent(self) -> dict[str, float]:
+        now = self._now()
+        names = ("python", "postgres", "moto")
+        return {n: round(b - a, 2) for n, a, b in zip(names, self.start, now, strict=True)}
+
+
 def reset_warehouse(stack: LocalStack) -> None:
     with psycopg.connect(stack.app_conninfo("warehouse"), autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
@@ -46,13 +104,12 @@ def reset_warehouse(stack: LocalStack) -> None:
         conn.execute("CREATE SCHEMA bench")
 
 
-def measure(tool: str, state_dir: Path) -> dict[str, float]:
-    import os
-
+def measure(tool: str, state_dir: Path) -> dict[str, Any]:
     stack = LocalStack(state_dir)
     os.environ.update(stack.read_env())
     reset_warehouse(stack)
     query = QUERY.format(s=HOUR, e=HOUR + timedelta(hours=1))
+    extra: dict[str, Any] = {}
     if tool == "raw":
         with psycopg.connect(stack.app_conninfo()) as shop:
             buffer = io.BytesIO()
@@ -68,30 +125,44 @@ def measure(tool: str, state_dir: Path) -> dict[str, float]:
                 ).fetchone()[0]
             wh.execute(f"CREATE TABLE bench.raw_orders ({ddl})")
             wh.commit()
+            clock = CpuClock(state_dir)
             started = time.perf_counter()
             with wh.cursor().copy("COPY bench.raw_orders FROM STDIN (FORMAT csv)") as copy:
                 copy.write(buffer.getvalue())
             wh.commit()
             seconds = time.perf_counter() - started
+            extra["cpu"] = clock.spent()
             rows = wh.execute("SELECT count(*) FROM bench.raw_orders").fetchone()[0]
-    elif tool == "ours":
+    elif tool in ("ours", "ours-rerun"):
         import dagster as dg
 
         from lifecycle_pipelines.environments import resources_for
         from lifecycle_pipelines.warehouse.loader import HourLoader
+        from lifecycle_pipelines.warehouse.quality import check_hour
 
         with (
             dg.build_resources(resources_for("local")) as r,
             psycopg.connect(stack.app_conninfo(), autocommit=True) as shop,
             psycopg.connect(stack.app_conninfo("warehouse")) as wh,
         ):
-            started = time.perf_counter()
-            load = HourLoader(
+            loader = HourLoader(
                 shop=shop, warehouse=wh, engine="postgres", schema="analytics", s3=r.s3,
                 pseudonym_key=r.warehouse.pseudonym_key(), safety_lag=timedelta(0),
-            ).run(HOUR)  # fmt: skip
+            )  # fmt: skip
+            if tool == "ours-rerun":
+                loader.run(HOUR)  # untimed: the hour is in the warehouse already
+            clock = CpuClock(state_dir)
+            started = time.perf_counter()
+            load = loader.run(HOUR)
             seconds = time.perf_counter() - started
+            extra["cpu"] = clock.spent()
+            extra["phases"] = {k: round(v, 3) for k, v in load.phases.items()}
             rows = next(t.rows for t in load.tables if t.table.name == "fact_orders")
+            extra["rss_load"] = peak_rss_mib()  # before the check imports GX
+            checked = time.perf_counter()
+            outcome = check_hour(load)  # the asset's blocking check (GX), timed apart
+            extra["check_seconds"] = time.perf_counter() - checked
+            extra["check_passed"] = outcome.success
     else:
         import awswrangler as wr
         import pandas as pd
@@ -99,6 +170,7 @@ def measure(tool: str, state_dir: Path) -> dict[str, float]:
 
         parts = dict(item.split("=", 1) for item in stack.app_conninfo("warehouse").split())
         with psycopg.connect(stack.app_conninfo()) as shop:
+            clock = CpuClock(state_dir)
             started = time.perf_counter()
             frame = pd.read_sql(query, shop)
         con = pg8000.connect(
@@ -109,49 +181,81 @@ def measure(tool: str, state_dir: Path) -> dict[str, float]:
         wr.postgresql.to_sql(frame, con, table="wr_orders", schema="bench", mode="overwrite",
                              use_column_names=True, chunksize=3_000, dtype=empty)  # fmt: skip
         seconds = time.perf_counter() - started
+        extra["cpu"] = clock.spent()
         rows = len(frame)
         con.close()
-    return {"rows": rows, "seconds": seconds, "rss": peak_rss_mib()}
+    return {"rows": rows, "seconds": seconds, "rss": peak_rss_mib(), **extra}
+
+
+def start_seeded(stack: LocalStack, orders: int) -> None:
+    """Start the stack; seed and stamp it unless it already holds this many orders."""
+    marker = stack.state_dir / "bench-warehouse-seeded.json"
+    if marker.exists() and json.loads(marker.read_text()).get("orders") == orders:
+        stack.up()
+        return
+    stack.up(fresh=True)
+    with psycopg.connect(stack.app_conninfo()) as conn:
+        seed_shop(conn, ShopSize(users=orders // 20, orders=orders, activity_per_order=0.0))
+        conn.execute("ALTER TABLE orders DISABLE TRIGGER orders_set_updated_at")
+        conn.execute("UPDATE orders SET updated_at = %s", (HOUR + timedelta(minutes=7),))
+        conn.execute("ALTER TABLE orders ENABLE TRIGGER orders_set_updated_at")
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE orders")  # no dead row versions left by the stamping
+    marker.write_text(json.dumps({"orders": orders}))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=1_000_000)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     if args.child:
         sys.stdout.write(json.dumps(measure(args.child[0], Path(args.child[1]))) + "\n")
         return
-    with tempfile.TemporaryDirectory(prefix="bench-warehouse-") as tmp:
-        stack = LocalStack(Path(tmp))
-        stack.up(fresh=True)
-        try:
-            with psycopg.connect(stack.app_conninfo()) as conn:
-                seed_shop(conn, ShopSize(users=args.orders // 20, orders=args.orders,
-                                         activity_per_order=0.0))  # fmt: skip
-                conn.execute("ALTER TABLE orders DISABLE TRIGGER orders_set_updated_at")
-                conn.execute("UPDATE orders SET updated_at = %s", (HOUR + timedelta(minutes=7),))
-                conn.execute("ALTER TABLE orders ENABLE TRIGGER orders_set_updated_at")
-            results = {}
-            for tool in ("raw", "ours", "wr"):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", tool, str(stack.state_dir)],
-                    check=False, capture_output=True, text=True,
-                )  # fmt: skip
-                if out.returncode != 0:
-                    print(f"{tool:5} failed: {out.stderr.strip().splitlines()[-1:]}")
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results[tool] = r
-                print(f"{tool:5} {int(r['rows']):>10,} rows {r['seconds']:8.2f} s "
-                      f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['rss']:.0f} MiB")  # fmt: skip
-            rate = {k: v["rows"] / v["seconds"] for k, v in results.items()}
-            if "ours" in rate and "raw" in rate:
-                print(f"ours/raw COPY = {rate['ours'] / rate['raw']:.2f}x (target 0.5x)")
-            if "ours" in rate and "wr" in rate:
-                print(f"ours/awswrangler = {rate['ours'] / rate['wr']:.2f}x")
-        finally:
-            stack.down()
+    tools = [t for t in args.tools.split(",") if t]
+    unknown = sorted(set(tools) - set(TOOLS))
+    if unknown:
+        parser.error(f"--tools: unknown {unknown}; choose from {list(TOOLS)}")
+    keep = args.state_dir is not None
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="bench-warehouse-"))
+    stack = LocalStack(state_dir)
+    try:
+        start_seeded(stack, args.orders)
+        results = {}
+        for tool in tools:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", tool, str(stack.state_dir)],
+                check=False, capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(f"{tool:10} failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results[tool] = r
+            cpu = " ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
+            print(f"{tool:10} {int(r['rows']):>10,} rows {r['seconds']:8.2f} s "
+                  f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['rss']:.0f} MiB"
+                  f"  CPU s: {cpu or '-'}")  # fmt: skip
+            if "phases" in r:
+                print(f"{'':10} phases: {r['phases']}")
+                print(f"{'':10} peak RSS of the load alone {r['rss_load']:.0f} MiB; GX "
+                      f"reconciliation check: {r['check_seconds']:.2f} s, "
+                      f"passed={r['check_passed']}")  # fmt: skip
+        rate = {k: v["rows"] / v["seconds"] for k, v in results.items()}
+        for tool in ("ours", "ours-rerun"):
+            if tool in rate and "raw" in rate:
+                print(f"{tool}/raw COPY = {rate[tool] / rate['raw']:.2f}x (target 0.5x)")
+        if "ours" in rate and "wr" in rate:
+            print(f"ours/awswrangler = {rate['ours'] / rate['wr']:.2f}x")
+    finally:
+        stack.down()
+        if not keep:
+            import shutil
+
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

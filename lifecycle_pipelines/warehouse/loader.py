@@ -4,12 +4,26 @@
    transaction, safety lag) has passed its end, so no row of the hour can still commit.
 2. Every table is checked against the model (new, changed or vanished source columns are
    reported, naming the column) before anything is written.
-3. Rows whose `updated_at` falls in the hour are extracted (COPY, Arrow); user ids become
-   HMAC-SHA256 keys and personal columns are never selected; each table is written as Parquet
-   to the staging bucket under a deterministic key.
-4. One warehouse transaction loads every table: a temporary stage shaped like the target,
-   COPY (Redshift: FROM S3 with the IAM role; PostgreSQL: FROM STDIN), stale rows dropped, MERGE.
-   Re-running an hour changes nothing; a late change lands on its existing row.
+3. The source is read in one REPEATABLE READ, READ ONLY snapshot, so the rows extracted and the
+   source's reconciliation figures describe the same state. Rows whose `updated_at` falls in the
+   hour stream out of PostgreSQL as CSV COPY parsed into Arrow batches (by a `psql` child that
+   imports the snapshot when one is found, no Python work per row; else by psycopg); memory is
+   bounded by the batch, not by the hour. User ids become HMAC-SHA256 keys (computed once per
+   distinct id) and personal columns are never selected; each table is written as Parquet (by a
+   background thread) to the staging bucket under a deterministic key.
+4. One warehouse transaction loads every table into a temporary stage shaped like the target,
+   then takes the tables' locks (in one fixed order) and MERGEs:
+   - PostgreSQL: the batches already in memory go to the stage as they stream, through
+     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back); the MERGE updates a
+     row only when the staged version is not older and something changed, so re-running an
+     hour writes nothing;
+   - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET`, staged rows older than
+     the warehouse's dropped, then MERGE.
+   Re-running an hour changes nothing; a late change lands on its existing row. Hours may load in
+   parallel (a backfill): each load has its own session and stages, the tables are created under
+   an advisory lock, and the MERGE phase holds the target tables' locks (SHARE ROW EXCLUSIVE on
+   PostgreSQL: readers go on) until commit, so concurrent merges of the same keys run one after
+   the other and the later one sees the earlier one's rows.
 
 Soft-deleted users (the shop's `users.deleted_at` is set by an erasure request or an account
 closure) are excluded from the moment of the soft delete: their rows of the hour are not loaded
@@ -22,26 +36,41 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import logging
+import struct
+import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from boto3.s3.transfer import TransferConfig
 from psycopg import sql as psql
+from psycopg.copy import QueuedLibpqWriter
 
-from lifecycle_pipelines.archive.columns import TableShape, read_columns
-from lifecycle_pipelines.archive.extract import select_month, stream_batches
+from lifecycle_pipelines.archive.columns import SourceColumn, TableShape, read_columns
+from lifecycle_pipelines.archive.extract import (
+    PSQL_ENV,
+    find_psql,
+    psql_batches,
+    select_month,
+    stream_batches,
+)
 from lifecycle_pipelines.archive.stats import ReconStats, source_stats
 from lifecycle_pipelines.resources.s3 import S3Resource
 from lifecycle_pipelines.search_sync.documents import commit_safe_high_water
 from lifecycle_pipelines.warehouse import sql
+from lifecycle_pipelines.warehouse.binary_copy import HEADER, TRAILER, BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.model import (
     DIM_DATE_COLUMNS,
     TABLES,
@@ -54,6 +83,43 @@ from lifecycle_pipelines.warehouse.model import (
 
 log = logging.getLogger(__name__)
 STAGING_BUCKET_SUFFIX = "staging"
+USERS_TABLE = "users"  # the source table whose `deleted_at` marks soft-deleted users
+PARQUET_ROW_GROUP_ROWS = 128_000
+PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
+FRAME_SINGLE_ROW_LIMIT = 8_000_000  # frame rows fetched as one array per column (PostgreSQL)
+FRAME_BUCKET_KEYS = 1 << 20  # above that, one array_agg row per this many keys
+PARQUET_QUEUE_BATCHES = 4  # batches waiting for the background Parquet writer
+DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _closing(iterator: Iterator[T]) -> Iterator[Iterator[T]]:
+    """Close a generator when the block ends, also early (its COPY or transaction ends too)."""
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+_PSQL_KEYWORDS = (  # libpq settings a psql child takes from the source connection
+    "host", "hostaddr", "port", "dbname", "user", "sslmode", "sslrootcert", "sslcert", "sslkey",
+    "sslcrl", "connect_timeout", "options", "application_name",
+)  # fmt: skip
+
+
+def _psql_connect_kwargs(conn: Any) -> dict[str, Any]:
+    """How a psql child reaches the database of `conn` (the password travels in its
+    environment, never on its command line)."""
+    parameters = conn.info.get_parameters()
+    kwargs: dict[str, Any] = {k: parameters[k] for k in _PSQL_KEYWORDS if parameters.get(k)}
+    if conn.info.password:
+        kwargs["password"] = conn.info.password
+    return kwargs
 
 
 class HourNotClosed(RuntimeError):
@@ -80,34 +146,62 @@ class HourLoad:
     tables: list[TableLoad] = field(default_factory=list)
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for profiling
+
+
+class UserKeys:
+    """HMAC-SHA256 (hex) of user ids under one key, computed once per distinct id.
+
+    The keyed state is prepared once and copied for each new id; the ids seen so far and their
+    keys are kept as aligned Arrow arrays, so a batch is mapped with `index_in` and `take` and
+    only ids never seen before reach Python. NULL stays NULL.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._base = hmac.new(key, digestmod=hashlib.sha256)
+        self._ids: pa.Array = pa.array([], pa.int64())
+        self._keys: pa.Array = pa.array([], pa.string())
+
+    def _new_keys(self, ids: list[int]) -> pa.Array:
+        keys = []
+        for user_id in ids:
+            mac = self._base.copy()
+            mac.update(str(user_id).encode())
+            keys.append(mac.hexdigest())
+        return pa.array(keys, pa.string())
+
+    def __call__(self, user_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+        ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+        ids = pc.cast(ids, pa.int64())
+        distinct = pc.drop_null(pc.unique(ids))
+        new = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=self._ids)))
+        if len(new):
+            self._ids = pa.concat_arrays([self._ids, new])
+            self._keys = pa.concat_arrays([self._keys, self._new_keys(new.to_pylist())])
+        return pc.take(self._keys, pc.index_in(ids, value_set=self._ids))
 
 
 def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:
     """HMAC-SHA256 (hex) of each user id; NULL stays NULL."""
-    return pa.array(
-        [
-            None if uid is None else hmac.new(key, str(uid).encode(), hashlib.sha256).hexdigest()
-            for uid in user_ids.to_pylist()
-        ],
-        pa.string(),
-    )
+    return UserKeys(key)(user_ids)
 
 
-def without_users(user_ids: pa.ChunkedArray | pa.Array, excluded: list[int]) -> pa.Array:
+def without_users(user_ids: pa.ChunkedArray | pa.Array, excluded: list[int] | pa.Array) -> pa.Array:
     """`user_ids` with every id in `excluded` replaced by NULL (vectorised)."""
     ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
-    if not excluded:
+    if not len(excluded):
         return ids
     mask = pc.is_in(ids, value_set=pa.array(excluded, ids.type))
     return pc.if_else(mask, pa.scalar(None, ids.type), ids)
 
 
 def date_keys(times: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return pc.cast(pc.strftime(times, format="%Y%m%d"), pa.int32())
-
-
-DELETED_USERS = "SELECT user_id FROM users WHERE deleted_at IS NOT NULL AND user_id = ANY(%s)"
-PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
+    """YYYYMMDD of each timestamp (in its own time zone, UTC here) as int32."""
+    ymd = pc.add(
+        pc.add(pc.multiply(pc.year(times), 10_000), pc.multiply(pc.month(times), 100)),
+        pc.day(times),
+    )
+    return pc.cast(ymd, pa.int32())
 
 
 def is_user_dimension(table: WarehouseTable) -> bool:
@@ -116,19 +210,92 @@ def is_user_dimension(table: WarehouseTable) -> bool:
     return table.key == USER_KEY.name
 
 
+def advisory_key(*names: str) -> int:
+    """A stable signed 64-bit key for `pg_advisory_xact_lock` from names (not Python's hash)."""
+    digest = hashlib.sha256("\x1f".join(names).encode()).digest()
+    return int(struct.unpack(">q", digest[:8])[0])
+
+
+class _Clock:
+    """Adds the seconds since the last lap to `phases[name]` (phases sum over tables)."""
+
+    def __init__(self, phases: dict[str, float]) -> None:
+        self.phases = phases
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self.last
+        self.last = now
+
+
 @dataclass
-class Staged:
-    """One table's batch, staged and ready to load."""
+class _Plan:
+    """One table to load: its model, source columns, warehouse columns, tolerated new columns."""
 
     table: WarehouseTable
+    source: list[SourceColumn]
     columns: list[tuple[str, str]]
-    arrow: pa.Table
-    uri: str
+    new: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+
+@dataclass
+class _Staged:
+    """One table's hour: what was extracted and where it was staged."""
+
+    plan: _Plan
+    stats: ReconStats
+    stage: str
+    rows: int = 0
+    excluded: int = 0
+    uri: str = ""
     purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
+    dates: set[int] = field(default_factory=set)
+
+
+class _ParquetFile:
+    """Batches appended to one local zstd Parquet file in row groups of ~128k rows. Only string
+    columns are dictionary-encoded (codes, countries, user keys repeat; money and ids do not)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="zstd", use_dictionary=strings or False
+        )
+        self._pending: list[pa.RecordBatch] = []
+        self._rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._pending.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= PARQUET_ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.Table.from_batches(self._pending))
+        self._pending, self._rows = [], 0
+
+    def close(self) -> Path:
+        self._flush()
+        self._writer.close()
+        return self.path
 
 
 class HourLoader:
-    """Loads hours of changes from the shop into the warehouse (see the module docstring)."""
+    """Loads hours of changes from the shop into the warehouse (see the module docstring).
+
+    `shop` is a psycopg connection to the source in autocommit mode;
+    `warehouse` a DB-API connection (psycopg for PostgreSQL, redshift_connector for Redshift),
+    outside a transaction. `work_mem` is set for the load transaction on PostgreSQL (the MERGE's
+    and the reconciliation's hash joins). Staged objects go to
+    `s3://<prefix>-staging/<object_prefix>/<table>/hour=YYYY-MM-DDTHH/part-00000.parquet`.
+    """
 
     def __init__(
         self,
@@ -142,6 +309,9 @@ class HourLoader:
         copy_iam_role_arn: str | None = None,
         on_new_column: str = "fail",
         safety_lag: timedelta = timedelta(seconds=30),
+        work_mem: str | None = "256MB",
+        object_prefix: str = "warehouse",
+        use_psql: bool | None = None,
         logger: logging.Logger | Any = log,
     ) -> None:
         self.shop = shop
@@ -153,12 +323,25 @@ class HourLoader:
         self.role = copy_iam_role_arn
         self.on_new_column = on_new_column
         self.safety_lag = safety_lag
+        self.work_mem = work_mem
+        self.object_prefix = object_prefix.strip("/")
+        self.use_psql = use_psql  # None: psql when one is found, else psycopg
+        self._psql: str | None = None  # the psql client of the current snapshot
+        self._psql_setup: list[str] = []
         self.log = logger
         self.bucket = s3.bucket(STAGING_BUCKET_SUFFIX)
+        self._user_keys = UserKeys(pseudonym_key)
 
     def run(self, hour: datetime) -> HourLoad:
         started = time.perf_counter()
         end = hour + timedelta(hours=1)
+        if self.engine == "redshift" and not self.role:
+            raise ValueError("copy_iam_role_arn: Redshift COPY needs the IAM role")
+        if getattr(self.shop, "autocommit", True) is not True:
+            raise ValueError(
+                "shop: the source connection must be in autocommit mode (the load reads the hour "
+                "in a snapshot transaction of its own); nothing was loaded"
+            )
         mark = commit_safe_high_water(self.shop, self.safety_lag)
         if mark < end:
             raise HourNotClosed(
@@ -171,172 +354,369 @@ class HourLoader:
             new = check_source(
                 table, source, "ignore" if self.on_new_column == "ignore" else "fail"
             )
-            plans.append((table, source, columns_of(table, source, self.engine), new))
-        result = HourLoad(hour)
-        staged = []
-        for table, source, columns, new in plans:
-            arrow, stats = self._extract(table, source, hour, end)
-            arrow, purge, excluded = self._transform(table, arrow, [c for c, _ in columns])
-            uri = self._stage(table, arrow, hour)
-            staged.append(Staged(table, columns, arrow, uri, purge))
-            result.tables.append(TableLoad(table, arrow.num_rows, uri, stats, new, excluded))
+            plans.append(_Plan(table, source, columns_of(table, source, self.engine), new))
             if new:
                 self.log.warning(f"{table.source_table}: new column(s) {new} not loaded (policy)")
-            if excluded:
-                self.log.info(f"{table.name}: {excluded} row(s) of soft-deleted users excluded")
-        self._load(staged, result)
+        result = HourLoad(hour)
+        self._create_tables(plans)
+        with tempfile.TemporaryDirectory(prefix="warehouse-hour-") as folder:
+            if self.engine == "postgres":
+                staged = self._load_postgres(plans, hour, end, Path(folder), result)
+            else:
+                staged = self._load_redshift(plans, hour, end, Path(folder), result)
+        for item in staged:
+            result.tables.append(
+                TableLoad(
+                    item.plan.table, item.rows, item.uri, item.stats, item.plan.new, item.excluded
+                )
+            )
+            if item.excluded:
+                self.log.info(
+                    f"{item.plan.table.name}: {item.excluded} row(s) of soft-deleted users excluded"
+                )
         result.seconds = time.perf_counter() - started
         return result
 
-    # -- steps -----------------------------------------------------------------------------
-    def _extract(
-        self, table: WarehouseTable, source: list[Any], hour: datetime, end: datetime
-    ) -> tuple[pa.Table, ReconStats]:
-        wanted = list(table.taken)
-        if USER_KEY in table.derived:
-            wanted.append("user_id")
-        by_name = {c.name: c for c in source}
-        selected = tuple(by_name[n] for n in wanted)
-        key = table.key if table.key in wanted else "user_id"
-        shape = TableShape(
-            schema="public", table=table.source_table, columns=selected, primary_key=key,
-            time_column=None, version_column=None, subject_column=None, personal_columns=(),
-            money_columns=table.money,
-        )  # fmt: skip
-        rel = psql.SQL("{} AS t").format(psql.Identifier("public", table.source_table))
-        where = psql.SQL("t.updated_at >= {} AND t.updated_at < {}").format(
-            psql.Literal(hour), psql.Literal(end)
-        )
-        batches = list(stream_batches(self.shop, shape, select_month(shape, rel, where)))
-        arrow = pa.Table.from_batches(batches) if batches else shape.arrow_schema().empty_table()
-        if is_user_dimension(table):  # reconcile like with like: soft-deleted users are not loaded
-            where = psql.SQL("{} AND t.deleted_at IS NULL").format(where)
-        stats = source_stats(self.shop, rel, key, list(table.money), where)
-        return arrow, stats
-
-    def _transform(
-        self, table: WarehouseTable, arrow: pa.Table, columns: list[str]
-    ) -> tuple[pa.Table, list[str], int]:
-        """The batch as the warehouse takes it, the user keys to delete from the table, and the
-        number of rows excluded (soft-deleted users)."""
-        purge: list[str] = []
-        excluded = 0
-        if is_user_dimension(table):
-            deleted = pc.is_valid(arrow.column("deleted_at"))
-            excluded = pc.sum(deleted).as_py() or 0
-            if excluded:
-                gone = arrow.filter(deleted).column("user_id")
-                purge = [k for k in user_keys(gone, self.key).to_pylist() if k is not None]
-                arrow = arrow.filter(pc.invert(deleted))
-        if USER_KEY in table.derived:
-            ids = arrow.column("user_id")
-            if not is_user_dimension(table):
-                masked = without_users(ids, self._deleted_users(ids))
-                excluded = masked.null_count - ids.null_count
-                ids = masked
-            arrow = arrow.append_column("user_key", user_keys(ids, self.key))
-        if "date_key" in columns:
-            arrow = arrow.append_column("date_key", date_keys(arrow.column("created_at")))
-        return arrow.select(columns), purge, excluded
-
-    def _deleted_users(self, user_ids: pa.ChunkedArray | pa.Array) -> list[int]:
-        """The soft-deleted users among `user_ids`, in one query."""
-        distinct = pc.drop_null(pc.unique(user_ids)).to_pylist()
-        if not distinct:
-            return []
-        with self.shop.cursor() as cur:
-            cur.execute(DELETED_USERS, (distinct,))
-            return [int(row[0]) for row in cur.fetchall()]
-
-    def _stage(self, table: WarehouseTable, arrow: pa.Table, hour: datetime) -> str:
-        key = f"warehouse/{table.name}/hour={hour:%Y-%m-%dT%H}/part-00000.parquet"
-        buffer = io.BytesIO()
-        pq.write_table(arrow, buffer, compression="zstd")
-        self.s3.put_bytes(
-            self.bucket, key, buffer.getvalue(), content_type="application/vnd.apache.parquet"
-        )
-        return self.s3.uri(self.bucket, key)
-
-    def _copy_into_stage(self, cur: Any, stage: str, arrow: pa.Table, uri: str) -> None:
-        if self.engine == "redshift":
-            if not self.role:
-                raise ValueError("copy_iam_role_arn: Redshift COPY needs the IAM role")
-            cur.execute(sql.redshift_copy(stage, uri, self.role))
-            return
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        data = self.s3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-        staged = pq.read_table(io.BytesIO(data))
-        csv = io.BytesIO()
-        pacsv.write_csv(staged, csv, pacsv.WriteOptions(include_header=False))
-        columns = ", ".join(sql.ident(c) for c in staged.column_names)
-        with cur.copy(f"COPY {sql.ident(stage)} ({columns}) FROM STDIN (FORMAT csv)") as copy:
-            copy.write(csv.getvalue())
-
-    def _load(self, staged: list[Staged], result: HourLoad) -> None:
+    # -- the warehouse ---------------------------------------------------------------------
+    def _create_tables(self, plans: list[_Plan]) -> None:
+        """CREATE SCHEMA / TABLE IF NOT EXISTS, committed. On PostgreSQL under an advisory lock
+        per schema: two loads creating the same table at once would otherwise collide."""
         conn = self.warehouse
-        with conn.cursor() as cur:
-            cur.execute(sql.create_schema(self.schema))
-            for item in staged:
+        try:
+            with conn.cursor() as cur:
+                if self.engine == "postgres":
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(%s)",
+                        (advisory_key(DDL_LOCK_NAMESPACE, self.schema),),
+                    )
+                cur.execute(sql.create_schema(self.schema))
+                for plan in plans:
+                    cur.execute(
+                        sql.create_table(self.schema, plan.table.name, plan.columns, plan.table.key)
+                    )
                 cur.execute(
-                    sql.create_table(self.schema, item.table.name, item.columns, item.table.key)
+                    sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
                 )
-            cur.execute(
-                sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
-            )
-        conn.commit()
-        with conn.cursor() as cur:
-            dates: set[int] = set()
-            for item in staged:
-                table, columns, arrow, uri = item.table, item.columns, item.arrow, item.uri
-                stage = f"stage_{table.name}"
-                cur.execute(sql.create_stage(self.schema, table.name, stage))
-                self._copy_into_stage(cur, stage, arrow, uri)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def _load_postgres(
+        self, plans: list[_Plan], hour: datetime, end: datetime, folder: Path, result: HourLoad
+    ) -> list[_Staged]:
+        """Stream every table into its stage (and its Parquet object) in the load transaction,
+        then lock, MERGE and commit. Uploads run beside the next tables and the merge."""
+        conn = self.warehouse
+        staged: list[_Staged] = []
+        uploads: list[Future[str]] = []
+        clock = time.perf_counter()
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-parquet") as pool,
+                conn.cursor() as cur,
+            ):
+                if self.work_mem:
+                    cur.execute("SELECT set_config('work_mem', %s, true)", (self.work_mem,))
+                with self._source_snapshot():
+                    for plan in plans:
+                        item = self._source_side(plan, hour, end)
+                        staged.append(item)
+                        uploads.append(self._stream_into_stage(cur, item, hour, end, folder, pool))
+                result.phases["extract_and_stage"] = time.perf_counter() - clock
+                clock = time.perf_counter()
+                self._merge_all(cur, staged, result)
+                result.phases["lock_merge_reconcile"] = time.perf_counter() - clock
+                clock = time.perf_counter()
+                for item, upload in zip(staged, uploads, strict=True):
+                    item.uri = upload.result()  # the staged objects exist before commit
+                result.phases["upload_wait"] = time.perf_counter() - clock
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        return staged
+
+    def _load_redshift(
+        self, plans: list[_Plan], hour: datetime, end: datetime, folder: Path, result: HourLoad
+    ) -> list[_Staged]:
+        """Extract every table to its Parquet object first (Redshift COPYs from S3), then one
+        transaction: lock, COPY into the stages, drop stale rows, MERGE, commit."""
+        staged: list[_Staged] = []
+        clock = time.perf_counter()
+        with self._source_snapshot():
+            for plan in plans:
+                item = self._source_side(plan, hour, end)
+                staged.append(item)
+                parquet = _ParquetFile(folder / f"{plan.table.name}.parquet", self._schema(plan))
+                with _closing(self._batches(item, hour, end)) as batches:
+                    for batch in batches:
+                        parquet.write(batch)
+                item.uri = self._upload(parquet.close(), self._object_key(plan.table, hour))
+        result.phases["extract_and_upload"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        conn = self.warehouse
+        try:
+            with conn.cursor() as cur:
+                # first in the transaction: Redshift's snapshot isolation wants the lock up front
+                cur.execute(sql.lock_tables(self.schema, self._locked(staged), self.engine))
+                for item in staged:
+                    cur.execute(sql.create_stage(self.schema, item.plan.table.name, item.stage))
+                    cur.execute(sql.redshift_copy(item.stage, item.uri, self.role or ""))
+                self._merge_all(cur, staged, result, locked=True)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        result.phases["lock_copy_merge_reconcile"] = time.perf_counter() - clock
+        return staged
+
+    def _locked(self, staged: list[_Staged]) -> list[str]:
+        return [item.plan.table.name for item in staged] + ["dim_date"]
+
+    def _merge_all(
+        self, cur: Any, staged: list[_Staged], result: HourLoad, *, locked: bool = False
+    ) -> None:
+        """Lock the targets (one statement, fixed order: no deadlock between loads), MERGE every
+        stage, read the reconciliation frames, delete soft-deleted users, add the dates."""
+        clock = _Clock(result.phases)
+        if not locked:
+            cur.execute(sql.lock_tables(self.schema, self._locked(staged), self.engine))
+            clock.lap("lock")
+        dates: set[int] = set()
+        for item in staged:
+            table, stage = item.plan.table, item.stage
+            if self.engine == "postgres":
+                cur.execute(
+                    sql.merge_changed(
+                        self.schema, table.name, stage, table.key, item.plan.names, table.version
+                    )
+                )
+            else:
                 if table.version:
                     cur.execute(
                         sql.drop_older(self.schema, table.name, stage, table.key, table.version)
                     )
-                cur.execute(
-                    sql.merge(self.schema, table.name, stage, table.key, [c for c, _ in columns])
-                )
-                if "date_key" in arrow.column_names:
-                    dates.update(k for k in arrow.column("date_key").to_pylist() if k is not None)
-                result.frames[table.name] = self._warehouse_frame(cur, table, stage)
-                cur.execute(f"DROP TABLE {sql.ident(stage)}")
-                self._purge(cur, table, item.purge)
-            self._merge_dates(cur, sorted(dates))
-        conn.commit()
+                cur.execute(sql.merge(self.schema, table.name, stage, table.key, item.plan.names))
+            clock.lap("merge")
+            if table.reconciled:
+                result.frames[table.name] = self._warehouse_frame(cur, table, stage, item.rows)
+                clock.lap("reconciliation_frame")
+            cur.execute(f"DROP TABLE {sql.ident(stage)}")
+            self._purge(cur, table, item.purge)
+            dates.update(item.dates)
+        self._merge_dates(cur, sorted(dates))
+        clock.lap("drop_purge_dates")
 
+    # -- the source ------------------------------------------------------------------------
+    @contextmanager
+    def _source_snapshot(self) -> Iterator[None]:
+        """One REPEATABLE READ, READ ONLY transaction on the source for every read of the hour;
+        with psql, exported so that each psql session reads in the same snapshot."""
+        client = find_psql() if self.use_psql is not False else None
+        if self.use_psql and client is None:
+            raise FileNotFoundError(f"use_psql: no psql client found (set ${PSQL_ENV})")
+        with self.shop.transaction():
+            self.shop.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            self._psql = client
+            if client is not None:
+                row = self.shop.execute("SELECT pg_export_snapshot()").fetchone()
+                self._psql_setup = [
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                    psql.SQL("SET TRANSACTION SNAPSHOT {}")
+                    .format(psql.Literal(row[0]))
+                    .as_string(self.shop),
+                ]
+            try:
+                yield
+            finally:
+                self._psql = None
+
+    def _stream(self, shape: TableShape, query: psql.Composable) -> Iterator[pa.RecordBatch]:
+        """The query's rows as Arrow batches: read by a psql child process in the snapshot (no
+        Python work per row), else by psycopg on the snapshot's own connection."""
+        if self._psql is None:
+            return stream_batches(self.shop, shape, query)
+        statement = psql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER true)").format(query)
+        return psql_batches(
+            self._psql,
+            _psql_connect_kwargs(self.shop),
+            self._psql_setup,
+            statement.as_string(self.shop),
+            shape,
+        )
+
+    def _hour_filter(self, hour: datetime, end: datetime) -> psql.Composable:
+        return psql.SQL("t.updated_at >= {} AND t.updated_at < {}").format(
+            psql.Literal(hour), psql.Literal(end)
+        )
+
+    def _relation(self, table: WarehouseTable) -> psql.Composable:
+        return psql.SQL("{} AS t").format(psql.Identifier("public", table.source_table))
+
+    def _source_side(self, plan: _Plan, hour: datetime, end: datetime) -> _Staged:
+        """The source's figures of the hour (in the snapshot), before the rows are read."""
+        table = plan.table
+        where = self._hour_filter(hour, end)
+        if is_user_dimension(table):  # reconcile like with like: soft-deleted users are not loaded
+            where = psql.SQL("{} AND t.deleted_at IS NULL").format(where)
+        key = table.key if table.key in table.taken else "user_id"
+        stats = source_stats(self.shop, self._relation(table), key, list(table.money), where)
+        return _Staged(plan, stats, stage=f"stage_{table.name}")
+
+    def _deleted_users(self, table: WarehouseTable, hour: datetime, end: datetime) -> pa.Array:
+        """The soft-deleted users referenced by the table's rows of the hour, in one query."""
+        query = psql.SQL(
+            "SELECT DISTINCT t.user_id FROM {rel} JOIN {users} u ON u.user_id = t.user_id"
+            " WHERE {hour} AND u.deleted_at IS NOT NULL"
+        ).format(
+            rel=self._relation(table),
+            users=psql.Identifier("public", USERS_TABLE),
+            hour=self._hour_filter(hour, end),
+        )
+        return pa.array([int(row[0]) for row in self.shop.execute(query).fetchall()], pa.int64())
+
+    def _shape(self, plan: _Plan) -> TableShape:
+        table = plan.table
+        wanted = list(table.taken)
+        if USER_KEY in table.derived:
+            wanted.append("user_id")
+        by_name = {c.name: c for c in plan.source}
+        return TableShape(
+            schema="public", table=table.source_table, columns=tuple(by_name[n] for n in wanted),
+            primary_key=table.key if table.key in wanted else "user_id", time_column=None,
+            version_column=None, subject_column=None, personal_columns=(),
+            money_columns=table.money,
+        )  # fmt: skip
+
+    def _schema(self, plan: _Plan) -> pa.Schema:
+        """The Arrow schema of the loaded batches (and of the staged Parquet)."""
+        types = {c.name: c.arrow_type for c in plan.source}
+        types[USER_KEY.name] = pa.string()
+        types["date_key"] = pa.int32()
+        return pa.schema([pa.field(name, types[name]) for name in plan.names])
+
+    def _batches(self, item: _Staged, hour: datetime, end: datetime) -> Iterator[pa.RecordBatch]:
+        """The hour's rows of one table as the warehouse takes them, batch by batch; counts,
+        soft-deleted users' keys and dates are noted on `item`."""
+        plan, table = item.plan, item.plan.table
+        shape = self._shape(plan)
+        schema = self._schema(plan)
+        deleted = None
+        if USER_KEY in table.derived and not is_user_dimension(table):
+            deleted = self._deleted_users(table, hour, end)
+        query = select_month(shape, self._relation(table), self._hour_filter(hour, end))
+        with _closing(self._stream(shape, query)) as stream:
+            yield from self._transformed(item, stream, schema, deleted)
+
+    def _transformed(
+        self,
+        item: _Staged,
+        stream: Iterator[pa.RecordBatch],
+        schema: pa.Schema,
+        deleted: pa.Array | None,
+    ) -> Iterator[pa.RecordBatch]:
+        table = item.plan.table
+        keys = self._user_keys
+        for batch in stream:
+            if is_user_dimension(table):
+                gone = pc.is_valid(batch.column("deleted_at"))
+                count = pc.sum(gone).as_py() or 0
+                if count:
+                    item.excluded += count
+                    purge = keys(batch.filter(gone).column("user_id")).to_pylist()
+                    item.purge.extend(k for k in purge if k is not None)
+                    batch = batch.filter(pc.invert(gone))
+            arrays = {name: batch.column(name) for name in batch.schema.names}
+            if USER_KEY in table.derived:
+                ids = arrays["user_id"]
+                if deleted is not None and len(deleted):
+                    masked = without_users(ids, deleted)
+                    item.excluded += masked.null_count - ids.null_count
+                    ids = masked
+                arrays[USER_KEY.name] = keys(ids)
+            if "date_key" in schema.names:
+                arrays["date_key"] = date_keys(arrays["created_at"])
+                item.dates.update(k for k in pc.unique(arrays["date_key"]).to_pylist() if k)
+            item.rows += batch.num_rows
+            yield pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
+
+    # -- staging ---------------------------------------------------------------------------
+    def _stream_into_stage(
+        self,
+        cur: Any,
+        item: _Staged,
+        hour: datetime,
+        end: datetime,
+        folder: Path,
+        pool: ThreadPoolExecutor,
+    ) -> Future[str]:
+        """Create the stage and COPY the hour's batches into it as they are extracted (binary,
+        sent by a writer thread); the same batches are written to Parquet and uploaded by
+        `pool`'s single worker (in order, at most a few batches behind). Returns the upload."""
+        plan = item.plan
+        cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+        order = BinaryCopyEncoder.copy_order(plan.columns)
+        encoder = BinaryCopyEncoder(order)
+        parquet = _ParquetFile(folder / f"{plan.table.name}.parquet", self._schema(plan))
+        pending: deque[Future[None]] = deque()
+        statement = sql.copy_binary(item.stage, [name for name, _ in order])
+        with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
+            copy.write(HEADER)
+            with _closing(self._batches(item, hour, end)) as batches:
+                for batch in batches:
+                    pending.append(pool.submit(parquet.write, batch))
+                    copy.write(encoder.encode(batch))
+                    while len(pending) > PARQUET_QUEUE_BATCHES or (pending and pending[0].done()):
+                        pending.popleft().result()
+            copy.write(TRAILER)
+        key = self._object_key(plan.table, hour)
+
+        def upload() -> str:  # runs after the writes (one worker, in order)
+            for write in pending:
+                write.result()
+            return self._upload(parquet.close(), key)
+
+        return pool.submit(upload)
+
+    def _object_key(self, table: WarehouseTable, hour: datetime) -> str:
+        """Deterministic: a re-run of the hour overwrites its own object."""
+        return f"{self.object_prefix}/{table.name}/hour={hour:%Y-%m-%dT%H}/part-00000.parquet"
+
+    def _upload(self, path: Path, key: str) -> str:
+        """Upload a staged Parquet file (SSE-KMS and checksum as the S3 resource sets them;
+        multipart above its threshold); returns its URI."""
+        extra = {
+            "ContentType": "application/vnd.apache.parquet",
+            "ChecksumAlgorithm": self.s3.checksum_algorithm,
+            **self.s3.encryption_args(),
+        }
+        config = TransferConfig(multipart_threshold=self.s3.multipart_threshold_mib * 1024 * 1024)
+        self.s3.client("s3").upload_file(
+            str(path), self.bucket, key, ExtraArgs=extra, Config=config
+        )
+        return self.s3.uri(self.bucket, key)
+
+    # -- merge helpers ---------------------------------------------------------------------
     def _purge(self, cur: Any, table: WarehouseTable, keys: list[str]) -> None:
         """Delete the rows of soft-deleted users (bound keys, in chunks)."""
         for start in range(0, len(keys), PURGE_CHUNK):
             chunk = tuple(keys[start : start + PURGE_CHUNK])
             cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
 
-    def _warehouse_frame(self, cur: Any, table: WarehouseTable, stage: str) -> pd.DataFrame:
-        """The merged rows of the staged keys, as the warehouse now holds them."""
-        money = "".join(f", (t.{sql.ident(m)} * 100)::bigint" for m in table.money)
-        query = (
-            f"SELECT t.{sql.ident(table.key)}{money} FROM {sql.ident(self.schema, table.name)} t "
-            f"JOIN {sql.ident(stage)} s ON s.{sql.ident(table.key)} = t.{sql.ident(table.key)}"
-        )
+    def _warehouse_frame(
+        self, cur: Any, table: WarehouseTable, stage: str, rows: int
+    ) -> pd.DataFrame:
+        """The merged rows of the staged keys as the warehouse now holds them: the key and each
+        money column in integer cents (NULL as 0, which leaves every sum unchanged)."""
         names = [table.key, *(f"_cents_{m}" for m in table.money)]
-        if self.engine == "postgres":  # stream as CSV into Arrow instead of Python tuples
-            buffer = io.BytesIO()
-            with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)") as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
-            if not buffer.getbuffer().nbytes:
-                return pd.DataFrame({n: pd.Series(dtype="int64") for n in names})
-            buffer.seek(0)
-            read = pacsv.ReadOptions(column_names=names)
-            convert = pacsv.ConvertOptions(
-                column_types={
-                    n: pa.string() if n == table.key and table.key == "user_key" else pa.int64()
-                    for n in names
-                }
+        if self.engine == "postgres":
+            bucket = FRAME_BUCKET_KEYS if rows > FRAME_SINGLE_ROW_LIMIT else None
+            columns = _frame_arrays(
+                cur, sql.frame_arrays(self.schema, table, stage, bucket), len(names)
             )
-            return pacsv.read_csv(buffer, read_options=read, convert_options=convert).to_pandas()
-        cur.execute(query)
+            return pd.DataFrame(dict(zip(names, columns, strict=True)))
+        cur.execute(sql.frame_rows(self.schema, table, stage))
         return pd.DataFrame([tuple(r) for r in cur.fetchall()], columns=names)
 
     def _merge_dates(self, cur: Any, keys: list[int]) -> None:
@@ -360,3 +740,42 @@ class HourLoader:
             )
         )
         cur.execute("DROP TABLE stage_dim_date")
+
+
+def _frame_arrays(cur: Any, statement: str, count: int) -> list[np.ndarray]:
+    """Run a `COPY (SELECT array_agg(..), ..) TO STDOUT (FORMAT binary)` of int8 arrays without
+    NULL elements and return each column as one int64 array (no Python work per frame row).
+
+    PostgreSQL sends every COPY row in a message of its own (the file header rides with the
+    first), so each message is parsed as it arrives and only the decoded arrays are kept."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(count)]
+    element = np.dtype([("length", ">i4"), ("value", ">i8")])
+    header = True
+    with cur.copy(statement) as copy:
+        for chunk in copy:
+            data = memoryview(chunk)
+            pos = 0
+            if header:
+                (extension,) = struct.unpack_from(">i", data, 15)
+                pos, header = 19 + extension, False
+            while pos < len(data):
+                (fields,) = struct.unpack_from(">h", data, pos)
+                pos += 2
+                if fields == -1:
+                    break
+                for index in range(fields):
+                    (length,) = struct.unpack_from(">i", data, pos)
+                    pos += 4
+                    if length <= 0:
+                        continue
+                    ndim, _flags, _oid = struct.unpack_from(">iii", data, pos)
+                    if ndim:
+                        (size,) = struct.unpack_from(">i", data, pos + 12)
+                        start = pos + 12 + 8 * ndim
+                        values = np.frombuffer(data, dtype=element, count=size, offset=start)
+                        if not (values["length"] == 8).all():
+                            raise ValueError("reconciliation frame: a NULL or non-int8 element")
+                        parts[index].append(values["value"].astype(np.int64))
+                    pos += length
+            del data
+    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]

@@ -74,6 +74,7 @@ class WarehouseTable:
     derived: tuple[Derived, ...] = ()
     money: tuple[str, ...] = ()
     version: str | None = "updated_at"  # rows change in the hour of their updated_at
+    reconciled: bool = False  # checked per hour (GX suite `warehouse_<name>`): integer key
 
 
 USER_KEY = Derived("user_key", "CHAR(64)", "HMAC-SHA256 of the user id (pseudonymous)")
@@ -93,6 +94,7 @@ FACT_ORDERS = WarehouseTable(
     ),
     derived=(USER_KEY, DATE_KEY),
     money=("subtotal", "shipping_fee", "tax", "total"),
+    reconciled=True,
 )  # fmt: skip
 FACT_ORDER_ITEMS = WarehouseTable(
     name="fact_order_items",
@@ -104,6 +106,7 @@ FACT_ORDER_ITEMS = WarehouseTable(
     ),
     derived=(DATE_KEY,),
     money=("unit_price", "line_total"),
+    reconciled=True,
 )  # fmt: skip
 DIM_PRODUCTS = WarehouseTable(
     name="dim_products",

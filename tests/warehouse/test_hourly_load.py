@@ -15,7 +15,9 @@ from lifecycle_pipelines.assets.warehouse import warehouse_hourly
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import S3Resource
+from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.loader import HourLoader
+from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop, resources_with_shop
 
 SHOP = "shop_warehouse_tests"
@@ -97,8 +99,11 @@ def test_an_hour_lands_pseudonymised_reconciled_and_idempotent(shop: Any, wareho
     key = warehouse.execute("SELECT user_key FROM analytics.fact_orders LIMIT 1").fetchone()[0]
     assert len(key) == 64 and not key.isdigit()
     before = _facts(warehouse)
+    versions = "SELECT order_id, xmin::text FROM analytics.fact_orders ORDER BY 1"
+    written = warehouse.execute(versions).fetchall()
     assert _load(hour).success
     assert _facts(warehouse) == before
+    assert warehouse.execute(versions).fetchall() == written  # not a row rewritten
 
 
 def test_a_late_change_to_an_older_order_lands_on_its_row(shop: Any, warehouse: Any) -> None:
@@ -185,6 +190,9 @@ class _Recorder:
     def commit(self) -> None:
         self.statements.append("COMMIT")
 
+    def rollback(self) -> None:
+        self.statements.append("ROLLBACK")
+
 
 def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any) -> None:
     hour = _busiest_hour(shop)
@@ -218,4 +226,118 @@ def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any
     merge = next(s for s in load if s.startswith('MERGE INTO "analytics"."fact_orders"'))
     assert 'WHEN MATCHED THEN UPDATE SET "status" = s."status"' in merge
     assert "WHEN NOT MATCHED THEN INSERT" in merge
-    assert any(s.startswith('DELETE FROM "stage_fact_orders" USING') for s in load)
+    # first in the transaction: every target locked, in one statement and a fixed order
+    assert load[0] == (
+        'LOCK "analytics"."dim_users", "analytics"."dim_products", "analytics"."fact_orders", '
+        '"analytics"."fact_order_items", "analytics"."dim_date"'
+    )
+    drop = load.index(
+        'DELETE FROM "stage_fact_orders" USING "analytics"."fact_orders" t WHERE '
+        '"stage_fact_orders"."order_id" = t."order_id" AND '
+        '"stage_fact_orders"."updated_at" < t."updated_at"'
+    )
+    assert load.index(copy) < drop < load.index(merge)
+    frame = next(s for s in load if s.startswith('SELECT t."order_id"'))
+    assert frame == (
+        'SELECT t."order_id", COALESCE((t."subtotal" * 100)::bigint, 0), '
+        'COALESCE((t."shipping_fee" * 100)::bigint, 0), COALESCE((t."tax" * 100)::bigint, 0), '
+        'COALESCE((t."total" * 100)::bigint, 0) FROM "analytics"."fact_orders" t '
+        'JOIN "stage_fact_orders" s ON s."order_id" = t."order_id" '
+        'AND s."updated_at" >= t."updated_at"'
+    )
+    assert not any("ANY(" in s or "pg_advisory" in s or "work_mem" in s for s in text)
+
+
+def _loader(shop: Any, warehouse: Any, s3: S3Resource, schema: str) -> HourLoader:
+    return HourLoader(
+        shop=shop, warehouse=warehouse, engine="postgres", schema=schema, s3=s3,
+        pseudonym_key=b"k" * 32, object_prefix=f"warehouse-{schema}",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def own_schema(warehouse: Any) -> Iterator[str]:
+    schema = "hourly_load_edge_tests"
+    warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    yield schema
+    warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_an_hour_without_changes_loads_nothing_and_reconciles(
+    shop: Any, warehouse: Any, local_stack: Any, own_schema: str
+) -> None:
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        load = _loader(shop, conn, r.s3, own_schema).run(datetime(2020, 1, 1, 3, tzinfo=UTC))
+    assert [(t.rows, t.source.rows) for t in load.tables] == [(0, 0)] * 4
+    assert all(len(frame) == 0 for frame in load.frames.values())
+    assert check_hour(load).success
+    assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone() == (0,)
+
+
+def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable(
+    shop: Any, warehouse: Any, local_stack: Any, own_schema: str, monkeypatch: Any
+) -> None:
+    def broken(self: Any, batch: Any) -> Any:
+        raise RuntimeError("encoder broke")
+
+    hour = _busiest_hour(shop)
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        loader = _loader(shop, conn, r.s3, own_schema)
+        monkeypatch.setattr(BinaryCopyEncoder, "encode", broken)
+        with pytest.raises(RuntimeError, match="encoder broke"):
+            loader.run(hour)
+        monkeypatch.undo()
+        assert shop.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone() == (
+            0,
+        )
+        load = loader.run(hour)  # the same connections load the hour afterwards
+    assert check_hour(load).success
+    assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone()[0] > 0
+
+
+def test_a_source_connection_inside_a_transaction_is_refused(
+    local_stack: Any, warehouse_shop: str
+) -> None:
+    with psycopg.connect(local_stack[0].app_conninfo(warehouse_shop)) as shop:
+        loader = HourLoader(
+            shop=shop, warehouse=_Recorder(), engine="postgres", schema="x",
+            s3=S3Resource(), pseudonym_key=b"k" * 32,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match=r"^shop: "):
+            loader.run(datetime(2020, 1, 1, tzinfo=UTC))
+
+
+def test_psql_and_psycopg_extraction_land_the_same_rows(
+    shop: Any, warehouse: Any, local_stack: Any
+) -> None:
+    hour = _busiest_hour(shop)
+    schemas = {True: "hourly_load_by_psql", False: "hourly_load_by_psycopg"}
+    content = {}
+    try:
+        with dg.build_resources({"s3": resources_for("local")["s3"]}) as r:
+            for use_psql, schema in schemas.items():
+                warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                with psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn:
+                    loader = _loader(shop, conn, r.s3, schema)
+                    loader.use_psql = use_psql
+                    load = loader.run(hour)
+                assert check_hour(load).success
+                content[use_psql] = [
+                    warehouse.execute(
+                        f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM \"{schema}\".{table} t"
+                    ).fetchone()
+                    for table in ("fact_orders", "fact_order_items", "dim_users", "dim_products")
+                ]
+    finally:
+        for schema in schemas.values():
+            warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    assert content[True] == content[False]
+    assert content[True][0][0] > 0

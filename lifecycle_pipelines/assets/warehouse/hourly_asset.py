@@ -41,6 +41,7 @@ def _metadata(load: HourLoad) -> dict[str, dg.MetadataValue]:
         **{f"rows_{t.table.name}": dg.MetadataValue.int(t.rows) for t in load.tables},
         "staged_objects": dg.MetadataValue.json([t.uri for t in load.tables]),
         "duration_seconds": dg.MetadataValue.float(round(load.seconds, 3)),
+        "phases_seconds": dg.MetadataValue.json({k: round(v, 3) for k, v in load.phases.items()}),
         "summary": dg.MetadataValue.md("\n".join(lines)),
     }
     if ignored:
