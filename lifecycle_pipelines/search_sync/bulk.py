@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from opensearchpy.exceptions import TransportError
 
 from lifecycle_pipelines.resources.search.base import BulkItemError, BulkResult
@@ -72,7 +74,7 @@ def bulk_with_retry(
         outcome.written += result.indexed + result.deleted
         retry_ids = {e.doc_id for e in result.errors if _retryable(e)}
         outcome.errors.extend(e for e in result.errors if not _retryable(e))
-        pending = [item for item in pending if item_id(item) in retry_ids]
+        pending = [item for item in pending if item_id(item) in retry_ids] if retry_ids else []
         if pending:
             if attempt == max_retries:
                 outcome.errors.extend(e for e in result.errors if _retryable(e))
@@ -81,3 +83,35 @@ def bulk_with_retry(
             log.warning("%d documents throttled; retry %d", len(pending), attempt + 1)
             sleep(base_delay * 2**attempt)
     return outcome
+
+
+def bulk_table_with_retry(
+    call: Callable[[pa.Table], BulkResult],
+    table: pa.Table,
+    id_column: str,
+    *,
+    max_retries: int = 5,
+    base_delay: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BulkOutcome:
+    """`bulk_with_retry` for the rows of an Arrow table (ids in `id_column`): throttled rows
+    are sent again as a smaller table."""
+    position = pa.array(range(table.num_rows), type=pa.int64())
+    numbered = table.append_column("__position", position)
+    keys = pc.cast(table.column(id_column), pa.string()).to_pylist()
+    rows = list(range(table.num_rows))
+
+    def send(items: Sequence[int]) -> BulkResult:
+        if len(items) == table.num_rows:
+            return call(table)
+        chosen = pc.is_in(numbered.column("__position"), pa.array(items, type=pa.int64()))
+        return call(numbered.filter(chosen).drop_columns(["__position"]))
+
+    return bulk_with_retry(
+        send,
+        rows,
+        lambda row: keys[row],
+        max_retries=max_retries,
+        base_delay=base_delay,
+        sleep=sleep,
+    )

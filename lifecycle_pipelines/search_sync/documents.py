@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
-from psycopg.rows import dict_row
 
 from lifecycle_pipelines.archive.extract import CopyStream
 
@@ -55,13 +55,24 @@ JOIN categories c ON c.category_id = p.category_id
 LEFT JOIN inventory i ON i.product_id = p.product_id
 """
 
+# The products whose product, brand, category or stock row changed in [low, high), each found
+# through its own table (the updated_at indexes of products and inventory; a brand or category
+# that did not change matches nothing, and then no product is scanned for it): an OR across
+# the joined tables would read the whole join on every run.
 _CHANGED = (
     _SELECT
     + """
-WHERE (p.updated_at >= %(low)s AND p.updated_at < %(high)s)
-   OR (b.updated_at >= %(low)s AND b.updated_at < %(high)s)
-   OR (c.updated_at >= %(low)s AND c.updated_at < %(high)s)
-   OR (i.updated_at >= %(low)s AND i.updated_at < %(high)s)
+WHERE p.product_id IN (
+    SELECT product_id FROM products WHERE updated_at >= %(low)s AND updated_at < %(high)s
+    UNION
+    SELECT product_id FROM inventory WHERE updated_at >= %(low)s AND updated_at < %(high)s
+    UNION
+    SELECT pb.product_id FROM products pb JOIN brands cb ON cb.brand_id = pb.brand_id
+    WHERE cb.updated_at >= %(low)s AND cb.updated_at < %(high)s
+    UNION
+    SELECT pc.product_id FROM products pc JOIN categories cc ON cc.category_id = pc.category_id
+    WHERE cc.updated_at >= %(low)s AND cc.updated_at < %(high)s
+)
 ORDER BY p.product_id
 """
 )
@@ -88,16 +99,6 @@ def commit_safe_high_water(conn: psycopg.Connection[Any], safety_lag: timedelta)
     return row[0]
 
 
-def changed_documents(
-    conn: psycopg.Connection[Any], low: datetime, high: datetime, batch_size: int = 5_000
-) -> Iterator[list[dict[str, Any]]]:
-    """Batches of documents whose product, brand, category or stock changed in [low, high)."""
-    with conn.transaction(), conn.cursor(name="changed_products", row_factory=dict_row) as cur:
-        cur.execute(_CHANGED, {"low": low, "high": high})
-        while batch := cur.fetchmany(batch_size):
-            yield batch
-
-
 _TYPES = {
     "product_id": pa.int64(),
     "sku": pa.string(),
@@ -115,14 +116,12 @@ _TYPES = {
 }
 
 
-def all_documents(
-    conn: psycopg.Connection[Any], batch_size: int = 20_000
-) -> Iterator[list[dict[str, Any]]]:
-    """Every product document (for a full load), in batches in product order.
-
-    Streamed with COPY into Arrow and converted to dicts in C: several times faster than
-    fetching Python rows from a cursor.
-    """
+def _tables(
+    conn: psycopg.Connection[Any], statement: str, params: dict[str, Any], batch_size: int
+) -> Iterator[pa.Table]:
+    """The rows of `statement` streamed with COPY into Arrow, in tables of `batch_size` rows
+    (CSV parsed in C: several times faster than fetching Python rows from a cursor; one COPY
+    is one snapshot)."""
     read = pacsv.ReadOptions(block_size=4 << 20)
     convert = pacsv.ConvertOptions(
         column_types=_TYPES,
@@ -131,34 +130,65 @@ def all_documents(
         true_values=["t"],
         false_values=["f"],
     )
-    statement = f"COPY ({_SELECT} ORDER BY p.product_id) TO STDOUT (FORMAT csv, HEADER true)"
-    with conn.cursor() as cur, cur.copy(statement) as copy:
+    copy_sql = f"COPY ({statement}) TO STDOUT (FORMAT csv, HEADER true)"
+    with conn.cursor() as cur, cur.copy(copy_sql, params or None) as copy:
         stream = io.BufferedReader(CopyStream(iter(copy)), buffer_size=1 << 20)
-        pending: list[dict[str, Any]] = []
+        pending: list[pa.RecordBatch] = []
+        rows = 0
         for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
-            pending.extend(batch.to_pylist())
-            while len(pending) >= batch_size:
-                yield pending[:batch_size]
-                pending = pending[batch_size:]
-        if pending:
-            yield pending
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= batch_size:
+                table = pa.Table.from_batches(pending)
+                while table.num_rows >= batch_size:
+                    yield table.slice(0, batch_size)
+                    table = table.slice(batch_size)
+                pending, rows = table.to_batches(), table.num_rows
+        if rows:
+            yield pa.Table.from_batches(pending, schema=pending[0].schema)
+
+
+def all_documents(conn: psycopg.Connection[Any], batch_size: int = 20_000) -> Iterator[pa.Table]:
+    """Every product document (for a full load), in Arrow tables in product order; column
+    `deleted` marks the soft-deleted ones."""
+    return _tables(conn, f"{_SELECT} ORDER BY p.product_id", {}, batch_size)
+
+
+def changed_documents(
+    conn: psycopg.Connection[Any], low: datetime, high: datetime, batch_size: int = 5_000
+) -> Iterator[pa.Table]:
+    """Documents whose product, brand, category or stock changed in [low, high), in Arrow
+    tables in product order."""
+    return _tables(conn, _CHANGED, {"low": low, "high": high}, batch_size)
+
+
+def to_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The documents of a table as dicts (`updated_at` is ISO text, as in the index)."""
+    return table.to_pylist()
 
 
 VERSIONS_SQL = (
-    "SELECT p.product_id, to_char(GREATEST(p.updated_at, b.updated_at, c.updated_at,"
-    " COALESCE(i.updated_at, p.updated_at)) AT TIME ZONE 'UTC',"
-    ' \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\')'
+    "SELECT p.product_id, (EXTRACT(EPOCH FROM GREATEST(p.updated_at, b.updated_at,"
+    " c.updated_at, COALESCE(i.updated_at, p.updated_at))) * 1000000)::bigint"
     " FROM products p JOIN brands b ON b.brand_id = p.brand_id"
     " JOIN categories c ON c.category_id = p.category_id"
     " LEFT JOIN inventory i ON i.product_id = p.product_id WHERE p.deleted_at IS NULL"
 )
 
 
-def source_versions(conn: psycopg.Connection[Any]) -> Iterator[tuple[str, str]]:
-    """(product_id, updated_at ISO) of every live product, streamed: the source side of the
-    primary-key-set comparison and of the reconciliation checksum."""
-    with conn.transaction(), conn.cursor(name="product_versions") as cur:
-        cur.execute(VERSIONS_SQL)
-        while rows := cur.fetchmany(50_000):
-            for pk, version in rows:
-                yield str(pk), version
+def source_versions(conn: psycopg.Connection[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(product ids, versions in microseconds since the epoch) of every live product as int64
+    arrays, streamed with COPY: the source side of the primary-key-set comparison and of the
+    reconciliation checksum (`VersionSet.from_arrays`)."""
+    read = pacsv.ReadOptions(block_size=4 << 20, column_names=["id", "version"])
+    convert = pacsv.ConvertOptions(column_types={"id": pa.int64(), "version": pa.int64()})
+    ids: list[np.ndarray] = []
+    versions: list[np.ndarray] = []
+    with conn.cursor() as cur, cur.copy(f"COPY ({VERSIONS_SQL}) TO STDOUT (FORMAT csv)") as copy:
+        stream = io.BufferedReader(CopyStream(iter(copy)), buffer_size=1 << 20)
+        for batch in pacsv.open_csv(stream, read_options=read, convert_options=convert):
+            ids.append(batch.column(0).to_numpy())
+            versions.append(batch.column(1).to_numpy())
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(ids), np.concatenate(versions)

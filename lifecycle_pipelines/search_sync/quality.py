@@ -4,6 +4,7 @@ and reconciliation of the index against the source (count and id+version checksu
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 
 from lifecycle_pipelines.checks.gx import CheckOutcome, load_suite, validate
 from lifecycle_pipelines.search_sync.sync import SyncReport
@@ -22,8 +23,8 @@ def sync_batches(report: SyncReport) -> dict[str, pd.DataFrame]:
             }
         )
     }
-    if report.sample:
-        documents = pd.DataFrame(report.sample)
+    if report.sampled:
+        documents = pd.DataFrame(pa.concat_tables(report.sample).to_pylist())
         batches["documents"] = documents
         batches["schema"] = pd.DataFrame({"signature": list(documents.columns)})
     return batches

@@ -11,26 +11,40 @@ primary-key-set comparison, and a monthly rotation that never shows a half-built
   where the mark is commit-safe (see `documents.commit_safe_high_water`), delete soft-deleted
   ones, then delete every indexed id the source no longer has (hard deletes).
 Bulk writes retry throttled documents and fail on any document refused for good.
+
+Documents travel as Arrow tables. A backend that can take them whole (`TableSink`: the local
+tantivy engine) gets each batch as a table inside one bulk session and hands back ids and
+versions as arrays; any other backend gets (id, source) pairs and is scanned document by
+document. Both sides of the reconciliation are (id, version) arrays either way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from lifecycle_pipelines.resources.search.base import SearchBackend
-from lifecycle_pipelines.search_sync.bulk import BulkFailure, BulkOutcome, bulk_with_retry
+from lifecycle_pipelines.resources.search.base import BulkResult, SearchBackend
+from lifecycle_pipelines.search_sync.bulk import (
+    BulkFailure,
+    BulkOutcome,
+    bulk_table_with_retry,
+    bulk_with_retry,
+)
 from lifecycle_pipelines.search_sync.documents import (
     all_documents,
     changed_documents,
     commit_safe_high_water,
     source_versions,
+    to_rows,
 )
 from lifecycle_pipelines.search_sync.index_config import (
     ISM_POLICY_ID,
@@ -46,6 +60,27 @@ from lifecycle_pipelines.search_sync.versions import VersionSet
 log = logging.getLogger(__name__)
 SEARCH_FIELDS = ("name", "description", "brand", "category")
 SAMPLE_DOCUMENTS = 50_000  # documents kept per run for the schema and completeness checks
+ID_COLUMN = "product_id"
+VERSION_FIELD = "updated_at"
+
+
+@runtime_checkable
+class TableSink(Protocol):
+    """What a backend offers beyond `SearchBackend` to load and read back whole batches."""
+
+    def bulk_session(self, index: str) -> AbstractContextManager[None]:
+        """Bulk writes to `index` inside the block are committed together (at the latest
+        when it ends; `refresh` makes them visible)."""
+        ...
+
+    def bulk_upsert_table(self, index: str, table: pa.Table, id_column: str) -> BulkResult:
+        """`bulk_upsert` of a table's rows: id from `id_column`, source from every column."""
+        ...
+
+    def scan_versions(self, index: str, field: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Integer ids and date `field` in microseconds of every document, or None when
+        `scan_field` has to be used."""
+        ...
 
 
 class ReconciliationError(RuntimeError):
@@ -105,7 +140,13 @@ class SyncReport:
     seconds: float = 0.0
     index_versions: VersionSet | None = field(default=None, repr=False)
     source_versions: VersionSet | None = field(default=None, repr=False)
-    sample: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    # the first SAMPLE_DOCUMENTS documents written, as Arrow tables (a few bytes a value, not
+    # a Python dict a document): the batches of the schema and completeness checks
+    sample: list[pa.Table] = field(default_factory=list, repr=False)
+
+    @property
+    def sampled(self) -> int:
+        return sum(table.num_rows for table in self.sample)
 
 
 def reconcile(source: VersionSet, index: VersionSet) -> Reconciliation:
@@ -122,10 +163,10 @@ def reconcile(source: VersionSet, index: VersionSet) -> Reconciliation:
 
 
 def to_document(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(id, source) of a product row (updated_at is already ISO text, as `source_versions`)."""
+    """(id, source) of a product row (updated_at is already ISO text)."""
     doc = dict(row)
-    del doc["deleted"]
-    return str(doc["product_id"]), doc
+    doc.pop("deleted", None)
+    return str(doc[ID_COLUMN]), doc
 
 
 class ProductSync:
@@ -190,22 +231,49 @@ class ProductSync:
             base_delay=self.settings.retry_base_seconds,
         )
 
-    def _write(self, report: SyncReport, index: str, rows: Iterable[dict[str, Any]]) -> None:
-        live: list[dict[str, Any]] = []
-        gone: list[dict[str, Any]] = []
-        for row in rows:
-            (gone if row["deleted"] else live).append(row)
+    def _upsert_table(self, index: str, table: pa.Table) -> BulkOutcome:
+        if isinstance(self.backend, TableSink):
+            sink = self.backend
+            return bulk_table_with_retry(
+                lambda part: sink.bulk_upsert_table(index, part, ID_COLUMN),
+                table,
+                ID_COLUMN,
+                max_retries=self.settings.max_retries,
+                base_delay=self.settings.retry_base_seconds,
+            )
+        return self._upsert(index, [to_document(row) for row in to_rows(table)])
+
+    def _session(self, index: str) -> AbstractContextManager[None]:
+        if isinstance(self.backend, TableSink):
+            return self.backend.bulk_session(index)
+        return nullcontext()
+
+    def _index_versions(self, index: str) -> VersionSet:
+        """The (id, version) set of the index, from fast columns when the backend has them."""
+        if isinstance(self.backend, TableSink):
+            arrays = self.backend.scan_versions(index, VERSION_FIELD)
+            if arrays is not None:
+                return VersionSet.from_arrays(*arrays)
+        return VersionSet.from_pairs(self.backend.scan_field(index, VERSION_FIELD))
+
+    def _source_versions(self) -> VersionSet:
+        return VersionSet.from_arrays(*source_versions(self.shop))
+
+    def _write(self, report: SyncReport, index: str, table: pa.Table) -> None:
+        deleted = table.column("deleted")
+        live = table.filter(pc.invert(deleted)).drop_columns(["deleted"])
+        gone = [str(i) for i in table.filter(deleted).column(ID_COLUMN).to_pylist()]
         errors = []
-        if live:
-            docs = [to_document(r) for r in live]
-            room = SAMPLE_DOCUMENTS - len(report.sample)
-            report.sample.extend(doc for _, doc in docs[: max(room, 0)])
-            outcome = self._upsert(index, docs)
+        if live.num_rows:
+            room = SAMPLE_DOCUMENTS - report.sampled
+            if room > 0:
+                report.sample.append(live.slice(0, room))
+            outcome = self._upsert_table(index, live)
             report.upserted += outcome.written
             report.retries += outcome.retries
             errors.extend(outcome.errors)
         if gone:
-            outcome = self._delete(index, [str(r["product_id"]) for r in gone])
+            outcome = self._delete(index, gone)
             report.soft_deleted += len(gone)
             report.retries += outcome.retries
             errors.extend(outcome.errors)
@@ -237,18 +305,19 @@ class ProductSync:
         self.backend.create_index(index, index_body(self.rules))
         report.high = commit_safe_high_water(self.shop, self.settings.safety_lag)
         loaded = 0
-        for batch in all_documents(self.shop, self.settings.batch_size):
-            self._write(report, index, batch)
-            loaded += len(batch)
-            self.log.debug(f"{index}: {loaded} products loaded")
-        replay = self.tombstones()
-        if replay:
-            self._delete(index, replay)
-            report.tombstones_replayed = len(replay)
+        with self._session(index):
+            for batch in all_documents(self.shop, self.settings.batch_size):
+                self._write(report, index, batch)
+                loaded += batch.num_rows
+                self.log.debug(f"{index}: {loaded} products loaded")
+            replay = self.tombstones()
+            if replay:
+                self._delete(index, replay)
+                report.tombstones_replayed = len(replay)
         self.backend.refresh(index)
-        source = VersionSet.from_pairs(source_versions(self.shop)).without(replay)
+        source = self._source_versions().without(replay)
         report.source_versions = source
-        report.index_versions = VersionSet.from_pairs(self.backend.scan_field(index, "updated_at"))
+        report.index_versions = self._index_versions(index)
         report.reconciliation = reconcile(source, report.index_versions)
         if not report.reconciliation.matches:
             raise ReconciliationError(
@@ -271,11 +340,14 @@ class ProductSync:
             if state is not None
             else datetime(1970, 1, 1, tzinfo=UTC)
         )
-        for rows in changed_documents(self.shop, report.low, report.high, self.settings.batch_size):
-            self._write(report, index, rows)
+        with self._session(index):
+            for batch in changed_documents(
+                self.shop, report.low, report.high, self.settings.batch_size
+            ):
+                self._write(report, index, batch)
         self.backend.refresh(index)
-        source = VersionSet.from_pairs(source_versions(self.shop))
-        indexed = VersionSet.from_pairs(self.backend.scan_field(index, "updated_at"))
+        source = self._source_versions()
+        indexed = self._index_versions(index)
         gone = indexed.missing_from(source)
         if gone:
             outcome = self._delete(index, gone)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
@@ -12,7 +14,11 @@ from werkzeug import Request, Response
 from lifecycle_pipelines.resources.search import IndexNotFound
 from lifecycle_pipelines.resources.search.base import SearchOperationError, index_pattern
 from lifecycle_pipelines.resources.search.opensearch import OpenSearchBackend
-from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
+from lifecycle_pipelines.resources.search.tantivy_backend import (
+    TantivyBackend,
+    _int_id,
+    _table_documents,
+)
 
 BODY = {
     "settings": {"number_of_shards": 1},
@@ -274,6 +280,185 @@ def test_opensearch_delete_by_term_failures_raise_without_values(httpserver: HTT
         backend.delete_by_term("i", "user_id", "42")
     assert "secret@x.org" not in str(err.value) and "42" not in str(err.value)
     assert waits == [] and len(httpserver.log) == 1
+
+
+TABLE_BODY = {
+    "mappings": {
+        "dynamic": "strict",
+        "properties": {
+            "product_id": {"type": "long"},
+            "name": {
+                "type": "text",
+                "fields": {
+                    "ngram": {"type": "text", "analyzer": "edge_ngram"},
+                    "en": {"type": "text", "analyzer": "english"},
+                },
+            },
+            "tags": {"type": "keyword"},
+            "price": {"type": "scaled_float", "scaling_factor": 100},
+            "in_stock": {"type": "boolean"},
+            "updated_at": {"type": "date"},
+        },
+    }
+}
+AWKWARD_ROWS = [
+    {
+        "product_id": 1,
+        "name": 'Crème "Brûlée" \\ Torch\nXL',
+        "tags": ["kitchen", 'say "hi"'],
+        "price": 45.0,
+        "in_stock": True,
+        "updated_at": "2026-11-24T23:00:00.123456Z",
+    },
+    {
+        "product_id": 2,
+        "name": "Straße-Schuhe für Berge, size 9½ 🥾",
+        "tags": None,
+        "price": 0.30000000000000004,
+        "in_stock": False,
+        "updated_at": "2026-11-25T01:02:03+01:00",
+    },
+    {
+        "product_id": 3,
+        "name": None,
+        "tags": [],
+        "price": None,
+        "in_stock": None,
+        "updated_at": None,
+    },
+    {
+        "product_id": 4,
+        "name": "\tTab\tand trailing!",
+        "tags": ["x"],
+        "price": 1e16,
+        "in_stock": True,
+        "updated_at": "1969-12-31T23:59:59.999999Z",
+    },
+]
+TABLE_SCHEMA = pa.schema(
+    [
+        ("product_id", pa.int64()),
+        ("name", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("price", pa.float64()),
+        ("in_stock", pa.bool_()),
+        ("updated_at", pa.string()),
+    ]
+)
+
+
+def _comparable(document: str) -> dict[str, object]:
+    doc = json.loads(document)
+    doc["_source"] = json.loads(base64.b64decode(doc["_source"]))
+    # one-letter words give no 2-15 character grams: the row path drops them, the table path not
+    doc["name__ngram"] = [w for w in doc.get("name__ngram", []) if len(w) > 1]
+    return doc
+
+
+def test_tantivy_table_documents_equal_the_per_document_path(tmp_path: Path) -> None:
+    backend = TantivyBackend(tmp_path)
+    backend.create_index("t", TABLE_BODY)
+    _, kinds = backend._index("t")
+    plan = backend._plan(kinds)
+    table = pa.Table.from_pylist(AWKWARD_ROWS, schema=TABLE_SCHEMA)
+    built = _table_documents(table, "product_id", plan, kinds)
+    assert built is not None
+    ids, documents = built
+    assert list(ids) == [1, 2, 3, 4]
+    for row, document in zip(AWKWARD_ROWS, documents.to_pylist(), strict=True):
+        expected = backend._document(str(row["product_id"]), row, plan, True)
+        assert _comparable(document) == _comparable(expected)
+    # values only the per-document path writes: a control character, NaN, a text id
+    bell = table.set_column(1, "name", pa.array(["ring\x07"] * 4))
+    nan = table.set_column(3, "price", pa.array([float("nan")] * 4))
+    for odd in (bell, nan, table.set_column(0, "product_id", pa.array(["a", "b", "c", "d"]))):
+        assert _table_documents(odd, "product_id", plan, kinds) is None
+    assert backend.bulk_upsert_table("t", bell, "product_id").indexed == 4
+    assert backend.search("t", "ring", ["name"])[0].source["name"] == "ring\x07"
+
+
+def test_only_canonical_integer_ids_get_the_integer_column() -> None:
+    assert [_int_id(i) for i in ("42", "-7", "0", "9223372036854775807")] == [
+        42,
+        -7,
+        0,
+        2**63 - 1,
+    ]
+    assert [_int_id(i) for i in ("042", "+7", "4_2", "٣", " 1", "9223372036854775808", "a")] == [
+        None
+    ] * 7
+
+
+def test_tantivy_table_upsert_finds_replaces_and_refuses_like_rows(tmp_path: Path) -> None:
+    backend = TantivyBackend(tmp_path)
+    backend.create_index("t", TABLE_BODY)
+    table = pa.Table.from_pylist(AWKWARD_ROWS, schema=TABLE_SCHEMA)
+    result = backend.bulk_upsert_table("t", table, "product_id")
+    assert result.indexed == 4 and not result.errors
+    assert [h.doc_id for h in backend.search("t", "brulee", ["name"])] == ["1"]
+    assert [h.doc_id for h in backend.search("t", "strass", ["name"])] == ["2"]  # n-gram
+    assert backend.search("t", "torch", ["name"])[0].source["price"] == 45.0
+    # replaces by id, never duplicates
+    again = table.slice(0, 2).set_column(3, "price", pa.array([1.0, 2.0]))
+    assert backend.bulk_upsert_table("t", again, "product_id").indexed == 2
+    assert backend.count("t") == 4
+    # a column the mapping lacks refuses every row; a value of the wrong kind refuses its row
+    extra = table.append_column("colour", pa.array(["red"] * 4))
+    refused = backend.bulk_upsert_table("t", extra, "product_id")
+    assert refused.indexed == 0
+    assert {(e.doc_id, e.status) for e in refused.errors} == {(str(i), 400) for i in (1, 2, 3, 4)}
+    assert "strict_dynamic_mapping_exception" in refused.errors[0].reason
+    bad = pa.table({"product_id": [7, 8], "updated_at": ["2026-11-24T23:00:00Z", "yesterday"]})
+    mixed = backend.bulk_upsert_table("t", bad, "product_id")
+    assert mixed.indexed == 1 and [(e.doc_id, e.status) for e in mixed.errors] == [("8", 400)]
+    assert "mapper_parsing_exception" in mixed.errors[0].reason
+
+
+def test_tantivy_scan_versions_reads_fast_columns_with_microseconds(tmp_path: Path) -> None:
+    backend = TantivyBackend(tmp_path)
+    backend.create_index("t", TABLE_BODY)
+    table = pa.Table.from_pylist(AWKWARD_ROWS, schema=TABLE_SCHEMA)
+    backend.bulk_upsert_table("t", table.filter(pa.array([True, True, False, True])), "product_id")
+    backend.bulk_upsert("t", [("10", {"updated_at": "2026-11-24T23:00:00.000001Z"})])
+    backend.bulk_delete("t", ["2"])
+    backend.refresh("t")
+    scanned = backend.scan_versions("t", "updated_at")
+    assert scanned is not None
+    ids, micros = scanned
+    assert ids.tolist() == [1, 4, 10]
+    assert micros.tolist() == [1795561200123456, -1, 1795561200000001]
+    assert sorted(backend.scan_field("t", "updated_at")) == [
+        ("1", "2026-11-24T23:00:00.123456Z"),
+        ("10", "2026-11-24T23:00:00.000001Z"),
+        ("4", "1969-12-31T23:59:59.999999Z"),
+    ]
+    # a document without the value (or an index built before these columns): not scannable
+    backend.bulk_upsert("t", [("3", {"product_id": 3})])
+    assert backend.scan_versions("t", "updated_at") is None
+
+
+def test_tantivy_bulk_session_commits_once_and_on_refresh(tmp_path: Path) -> None:
+    backend = TantivyBackend(tmp_path)
+    backend.create_index("t", TABLE_BODY)
+    table = pa.Table.from_pylist(AWKWARD_ROWS, schema=TABLE_SCHEMA)
+    with backend.bulk_session("t"):
+        backend.bulk_upsert_table("t", table.slice(0, 2), "product_id")
+        assert backend.count("t") == 0  # not visible before a refresh, as with OpenSearch
+        backend.refresh("t")
+        assert backend.count("t") == 2
+        # ids not ascending past what the session wrote: upserts replace, never duplicate
+        backend.bulk_upsert_table("t", table.slice(1, 3), "product_id")
+        backend.bulk_upsert("t", [("1", {"product_id": 1})])
+        backend.bulk_delete("t", ["4"])
+        with pytest.raises(RuntimeError, match="already open"), backend.bulk_session("t"):
+            pass
+    assert backend.count("t") == 3
+    with pytest.raises(ZeroDivisionError), backend.bulk_session("t"):
+        backend.bulk_upsert_table("t", table.slice(3, 1), "product_id")
+        1 / 0  # noqa: B018
+    assert backend.count("t") == 4  # what was written before the failure stays
+    # another writer (here: delete by term) works once the session is over
+    assert TantivyBackend(tmp_path).delete_by_term("t", "tags", "x") == 1
 
 
 @pytest.mark.live

@@ -90,13 +90,16 @@ def test_a_failed_reconciliation_leaves_the_alias_on_the_old_index(
 ) -> None:
     sync = make_sync(engine, shop_conn, control_conn)
     sync.run(NOV)
-    real = engine.bulk_upsert
+    real = engine.bulk_upsert_table
 
-    def lose_one(index: str, docs: Any) -> Any:
-        docs = list(docs)
-        return real(index, docs[1:] if index.endswith("2026-12") else docs)
+    def lose_one(index: str, table: Any, id_column: str) -> Any:
+        # the engine acknowledges the first document of the new index but never stores it
+        kept = table.slice(1) if index.endswith("2026-12") else table
+        result = real(index, kept, id_column)
+        result.indexed += table.num_rows - kept.num_rows
+        return result
 
-    monkeypatch.setattr(engine, "bulk_upsert", lose_one)
+    monkeypatch.setattr(engine, "bulk_upsert_table", lose_one)
     with pytest.raises(ReconciliationError, match="missing") as failure:
         sync.run(DEC)
     assert "alias catalog-products left on ['catalog-products-2026-11']" in str(failure.value)
@@ -143,3 +146,75 @@ def test_a_mapping_conflict_fails_the_rotation_and_leaves_the_alias(
     with pytest.raises(BulkFailure, match="strict_dynamic_mapping_exception"):
         make_sync(engine, shop_conn, control_conn).run(DEC)
     assert engine.alias_targets("catalog-products") == ["catalog-products-2026-11"]
+
+
+class _DocumentsOnly:
+    """The local engine behind the plain `SearchBackend` interface (as OpenSearch is): no
+    tables, no bulk sessions, no fast columns."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bulk_upsert_table", "bulk_session", "scan_versions"):
+            raise AttributeError(name)
+        return getattr(self._engine, name)
+
+
+def test_a_backend_without_tables_syncs_and_reconciles_the_same(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    from lifecycle_pipelines.search_sync.sync import TableSink
+
+    plain = _DocumentsOnly(engine)
+    assert not isinstance(plain, TableSink) and isinstance(engine, TableSink)
+    sync = make_sync(plain, shop_conn, control_conn, safety_lag=timedelta(0), batch_size=7)
+    report = sync.run(NOV)
+    assert report.rotated and report.reconciliation is not None
+    assert report.reconciliation.matches
+    assert engine.count("catalog-products") == _live(shop_conn)
+    shop_conn.execute(
+        "UPDATE products SET name = 'Plain Path Teapot' WHERE product_id = ("
+        "SELECT min(product_id) FROM products WHERE deleted_at IS NULL)"
+    )
+    again = sync.run(NOV)
+    assert again.upserted >= 1 and again.reconciliation is not None
+    assert again.reconciliation.matches
+    # the fast columns tell the same story as the documents
+    assert make_sync(engine, shop_conn, control_conn)._index_versions(
+        "catalog-products"
+    ).checksum == int(again.reconciliation.index_checksum)
+    assert _names(engine, "teapot")[0] == "Plain Path Teapot"
+
+
+def test_a_change_to_a_brand_category_or_stock_resyncs_its_products(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn, safety_lag=timedelta(0))
+    sync.run(NOV)
+    brand, category, stocked = shop_conn.execute(
+        "SELECT brand_id, (SELECT min(category_id) FROM categories WHERE category_id <>"
+        " p.category_id), product_id FROM products p WHERE deleted_at IS NULL"
+        " ORDER BY product_id DESC LIMIT 1"
+    ).fetchone()
+    # updates that change nothing but the rows' updated_at (set by trigger)
+    shop_conn.execute("UPDATE brands SET name = name WHERE brand_id = %s", (brand,))
+    shop_conn.execute("UPDATE categories SET name = name WHERE category_id = %s", (category,))
+    shop_conn.execute(
+        "INSERT INTO inventory (product_id, quantity) VALUES (%s, 0) ON CONFLICT (product_id)"
+        " DO UPDATE SET reserved = inventory.reserved",
+        (stocked,),
+    )
+    affected = {
+        str(row[0])
+        for row in shop_conn.execute(
+            "SELECT product_id FROM products WHERE deleted_at IS NULL AND (brand_id = %s"
+            " OR category_id = %s OR product_id = %s)",
+            (brand, category, stocked),
+        )
+    }
+    before = sync._index_versions("catalog-products")
+    report = sync.run(NOV)
+    assert report.index_versions is not None and report.reconciliation is not None
+    assert report.reconciliation.matches
+    assert affected <= set(before.stale_in(report.index_versions)) and len(affected) > 1
