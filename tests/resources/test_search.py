@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +20,9 @@ from lifecycle_pipelines.resources.search.tantivy_backend import (
     _int_id,
     _table_documents,
 )
+
+# Read at import: the session fixture removes OPENSEARCH_* before tests run.
+LIVE_OPENSEARCH_URL = os.environ.get("OPENSEARCH_URL")
 
 BODY = {
     "settings": {"number_of_shards": 1},
@@ -462,14 +466,11 @@ def test_tantivy_bulk_session_commits_once_and_on_refresh(tmp_path: Path) -> Non
 
 
 @pytest.mark.live
-@pytest.mark.skipif(
-    "OPENSEARCH_URL" not in __import__("os").environ, reason="opt-in: set OPENSEARCH_URL"
-)
+@pytest.mark.skipif(LIVE_OPENSEARCH_URL is None, reason="opt-in: set OPENSEARCH_URL")
 def test_live_opensearch_round_trip() -> None:
-    import os
     import uuid
 
-    backend = OpenSearchBackend.connect(os.environ["OPENSEARCH_URL"])
+    backend = OpenSearchBackend.connect(LIVE_OPENSEARCH_URL or "")
     index = f"lifecycle-test-{uuid.uuid4().hex[:8]}"
     try:
         backend.create_index(index, {"mappings": {"properties": {"name": {"type": "text"}}}})

@@ -4,6 +4,7 @@ items throttled with 429 retried while refused ones fail the write."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -18,6 +19,9 @@ from lifecycle_pipelines.search_sync.index_config import (
     ism_policy,
     load_synonyms,
 )
+
+# Read at import: the session fixture removes OPENSEARCH_* before tests run.
+LIVE_OPENSEARCH_URL = os.environ.get("OPENSEARCH_URL")
 
 
 def _backend(httpserver: HTTPServer) -> OpenSearchBackend:
@@ -178,17 +182,14 @@ def test_delete_by_term_gives_up_on_lasting_conflicts(httpserver: HTTPServer) ->
 
 
 @pytest.mark.live
-@pytest.mark.skipif(
-    "OPENSEARCH_URL" not in __import__("os").environ, reason="opt-in: set OPENSEARCH_URL"
-)
+@pytest.mark.skipif(LIVE_OPENSEARCH_URL is None, reason="opt-in: set OPENSEARCH_URL")
 def test_live_rotation_and_increment(shop_conn: object, control_conn: object) -> None:
     """Against a real cluster: rotate into a fresh month index, then an increment."""
-    import os
     from datetime import date
 
     from lifecycle_pipelines.search_sync.sync import ProductSync
 
-    backend = OpenSearchBackend.connect(os.environ["OPENSEARCH_URL"])
+    backend = OpenSearchBackend.connect(LIVE_OPENSEARCH_URL or "")
     sync = ProductSync(backend, shop_conn, control_conn, load_synonyms())  # type: ignore[arg-type]
     report = sync.run(date(2026, 11, 20))
     assert report.reconciliation is not None and report.reconciliation.matches
