@@ -190,6 +190,14 @@ class ArchiveEraser:
         self.today = today
         self.horizon = expiry_horizon
 
+    def _live_keys(self, subject_id: str) -> int:
+        row = self.control.execute(
+            "SELECT count(*) FROM lifecycle.subject_keys"
+            " WHERE subject_id = %s AND wrapped_key IS NOT NULL",
+            (subject_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
     def decide(self, obj: ListedObject) -> str:
         """`rewrite_now`, `at_expiry` or `with_next_restore` for one object."""
         if _readable(self.s3, obj):
@@ -202,12 +210,7 @@ class ArchiveEraser:
 
     def erase(self, subject: Subject, *, dry_run: bool) -> list[StoreResult]:
         """Destroy the subject's key, plan every listed object, rewrite the readable ones."""
-        had_key = self.control.execute(
-            "SELECT count(*) FROM lifecycle.subject_keys"
-            " WHERE subject_id = %s AND wrapped_key IS NOT NULL",
-            (subject.subject_id,),
-        ).fetchone()
-        live = int(had_key[0]) if had_key else 0
+        live = self._live_keys(subject.subject_id)
         destroyed = 0 if dry_run else int(self.keyring.destroy(subject.subject_id))
         objects = listed_objects(self.control, subject.subject_id)
         decisions = {obj.object_id: self.decide(obj) for obj in objects}
@@ -255,18 +258,13 @@ class ArchiveEraser:
         Objects waiting for their next restore or their expiry are crypto-shredded: without the
         key their bytes hold nothing readable about the subject, so they do not count.
         """
-        live = self.control.execute(
-            "SELECT count(*) FROM lifecycle.subject_keys"
-            " WHERE subject_id = %s AND wrapped_key IS NOT NULL",
-            (subject.subject_id,),
-        ).fetchone()
         pending = self.control.execute(
             "SELECT count(*) FROM lifecycle.erasure_rewrites"
             " WHERE subject_id = %s AND state = 'pending' AND decision = 'rewrite_now'",
             (subject.subject_id,),
         ).fetchone()
         return [
-            Remaining("archive.subject_key", int(live[0]) if live else 0),
+            Remaining("archive.subject_key", self._live_keys(subject.subject_id)),
             Remaining("archive.objects.rewrite_now", int(pending[0]) if pending else 0),
         ]
 

@@ -62,6 +62,13 @@ class Remaining:
     note: str = ""
 
 
+def results_table(results: list[StoreResult]) -> str:
+    """A markdown table of store results (counts only), for asset metadata."""
+    lines = ["| store | found | changed | note |", "|---|---:|---:|---|"]
+    lines += [f"| {r.store} | {r.found} | {r.changed} | {r.note} |" for r in results]
+    return "\n".join(lines)
+
+
 class Eraser(Protocol):
     """Erases one data subject from one store."""
 

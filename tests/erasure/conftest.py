@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import dagster as dg
 import psycopg
 import pytest
+from boto3.dynamodb.conditions import Key
 
 from lifecycle_pipelines.assets.erasure import ERASURE_PARTITIONS
 from lifecycle_pipelines.control import ensure_control_schema
@@ -65,6 +67,30 @@ def control(local_stack: Any, erasure_databases: str) -> Iterator[psycopg.Connec
 def warehouse(local_stack: Any, erasure_databases: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(local_stack[0].app_conninfo(WAREHOUSE), autocommit=True) as conn:
         yield conn
+
+
+def dynamodb_items_of(subject: str) -> dict[str, list[dict[str, Any]]]:
+    """The subject's whole Sessions and UserPreferences items (to put back after a test: the
+    tables are shared with the rest of the session)."""
+    dynamodb = boto3.resource("dynamodb")
+    sessions = dynamodb.Table("Sessions")
+    found = sessions.query(
+        IndexName="userId-index", KeyConditionExpression=Key("userId").eq(subject)
+    )["Items"]
+    preference = dynamodb.Table("UserPreferences").get_item(Key={"userId": subject}).get("Item")
+    return {
+        "Sessions": [sessions.get_item(Key={"sessionId": i["sessionId"]})["Item"] for i in found],
+        "UserPreferences": [preference] if preference is not None else [],
+    }
+
+
+def put_back(items: dict[str, list[dict[str, Any]]]) -> None:
+    """Write items saved by `dynamodb_items_of` again."""
+    dynamodb = boto3.resource("dynamodb")
+    for table, rows in items.items():
+        with dynamodb.Table(table).batch_writer() as batch:
+            for item in rows:
+                batch.put_item(Item=item)
 
 
 def run_request(

@@ -43,7 +43,7 @@ from lifecycle_pipelines.erasure.holds import lift_hold, place_hold
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.schedules.erasure import erasure_hard_delete_sweep
 from lifecycle_pipelines.search_sync.activity import index_activity_month
-from tests.erasure.conftest import SHOP, erasure_resources, run_request
+from tests.erasure.conftest import SHOP, dynamodb_items_of, erasure_resources, put_back, run_request
 
 MONTHS = (date(2025, 3, 1), date(2025, 6, 1))  # archived here only (not by tests/archive)
 ACTIVITY_MONTHS = (date(2026, 9, 1), date(2026, 10, 1))
@@ -152,21 +152,7 @@ def world(local_stack: Any, erasure_databases: str) -> Iterator[World]:
     # DynamoDB: a session and preferences of the subject. The tables are shared with the rest
     # of the session: the subject's seeded items are put back when the module is done.
     dynamodb = boto3.resource("dynamodb")
-    seeded = {
-        "Sessions": [
-            dynamodb.Table("Sessions").get_item(Key={"sessionId": i["sessionId"]})["Item"]
-            for i in dynamodb.Table("Sessions").query(
-                IndexName="userId-index", KeyConditionExpression=Key("userId").eq(subject)
-            )["Items"]
-        ],
-        "UserPreferences": [
-            i
-            for i in [
-                dynamodb.Table("UserPreferences").get_item(Key={"userId": subject}).get("Item")
-            ]
-            if i is not None
-        ],
-    }
+    seeded = dynamodb_items_of(subject)
     dynamodb.Table("Sessions").put_item(
         Item={"sessionId": f"erasure-test-{subject}", "userId": subject, "expiryTime": 1,
               "device": "test"}
@@ -206,10 +192,7 @@ def world(local_stack: Any, erasure_databases: str) -> Iterator[World]:
         "others": others_shipping,
         "archived_rows": archived_rows,
     }
-    for table, items in seeded.items():
-        with dynamodb.Table(table).batch_writer() as batch:
-            for item in items:
-                batch.put_item(Item=item)
+    put_back(seeded)
 
 
 def _request_of(control: Any, subject: str) -> int:

@@ -13,7 +13,7 @@ from boto3.dynamodb.conditions import Key
 from lifecycle_pipelines.assets.erasure import erasure_soft_delete
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
-from tests.erasure.conftest import erasure_resources, run_request
+from tests.erasure.conftest import dynamodb_items_of, erasure_resources, put_back, run_request
 
 
 def _subject_with_sessions(shop: Any) -> str:
@@ -30,32 +30,10 @@ def _subject_with_sessions(shop: Any) -> str:
 def subject(shop: Any) -> Iterator[str]:
     """A subject with sessions; their DynamoDB items are put back afterwards (the tables are
     shared with the rest of the session)."""
-    dynamodb = boto3.resource("dynamodb")
     chosen = _subject_with_sessions(shop)
-    saved = {
-        "Sessions": dynamodb.Table("Sessions").query(
-            IndexName="userId-index", KeyConditionExpression=Key("userId").eq(chosen)
-        )["Items"],
-        "UserPreferences": [
-            item
-            for item in [
-                dynamodb.Table("UserPreferences").get_item(Key={"userId": chosen}).get("Item")
-            ]
-            if item is not None
-        ],
-    }
-    full = {
-        "Sessions": [
-            dynamodb.Table("Sessions").get_item(Key={"sessionId": i["sessionId"]})["Item"]
-            for i in saved["Sessions"]
-        ],
-        "UserPreferences": saved["UserPreferences"],
-    }
+    saved = dynamodb_items_of(chosen)
     yield chosen
-    for table, items in full.items():
-        with dynamodb.Table(table).batch_writer() as batch:
-            for item in items:
-                batch.put_item(Item=item)
+    put_back(saved)
 
 
 def _run(request_id: int) -> dg.ExecuteInProcessResult:

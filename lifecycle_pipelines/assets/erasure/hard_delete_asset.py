@@ -17,7 +17,7 @@ from lifecycle_pipelines.erasure.hard_delete import (
     hard_delete,
 )
 from lifecycle_pipelines.erasure.requests import status
-from lifecycle_pipelines.erasure.stores import Remaining, StoreResult
+from lifecycle_pipelines.erasure.stores import Remaining, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.policy import Duration, load_policy
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
@@ -40,13 +40,6 @@ def request_id_of(partition_key: str) -> int:
         raise dg.Failure(f"partition_key: not an erasure request id: {partition_key!r}") from None
 
 
-def store_table(results: list[StoreResult]) -> str:
-    """A markdown table of store results (counts only)."""
-    lines = ["| store | found | changed | note |", "|---|---:|---:|---|"]
-    lines += [f"| {r.store} | {r.found} | {r.changed} | {r.note} |" for r in results]
-    return "\n".join(lines)
-
-
 def _remaining_table(remaining: list[Remaining]) -> str:
     lines = ["| store | remaining |", "|---|---:|"]
     lines += [f"| {r.store} | {r.count} |" for r in remaining]
@@ -62,7 +55,7 @@ def hard_delete_metadata(outcome: HardDeleteOutcome) -> dict[str, dg.MetadataVal
             + "; ".join(f"hold {h.hold_id} on {h.scope}: {h.reason}" for h in outcome.holds)
         )
     if outcome.results:
-        parts.append(store_table(outcome.results))
+        parts.append(results_table(outcome.results))
     if outcome.remaining:
         parts.append("Verification after erasure:\n\n" + _remaining_table(outcome.remaining))
     metadata: dict[str, dg.MetadataValue] = {
@@ -141,8 +134,6 @@ def erasure_hard_delete(
             raise dg.Failure(str(err)) from None
         context.log.info(f"erasure request {request_id}: {outcome.state}")
         remaining = outcome.remaining
-        if outcome.state == "hard_deleted" and not remaining:
-            remaining = [r for e in stores.erasers(request) for r in e.remaining(subject)]
     yield dg.Output(None, metadata=hard_delete_metadata(outcome))
     left = [r for r in remaining if r.count]
     applicable = outcome.state == "hard_deleted"

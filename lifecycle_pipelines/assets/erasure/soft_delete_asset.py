@@ -15,19 +15,13 @@ from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.hard_delete import hard_delete
 from lifecycle_pipelines.erasure.requests import status
 from lifecycle_pipelines.erasure.soft_delete import record
-from lifecycle_pipelines.erasure.stores import StoreResult
+from lifecycle_pipelines.erasure.stores import StoreResult, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
 from lifecycle_pipelines.resources.search import SearchResource
 from lifecycle_pipelines.resources.warehouse import WarehouseResource
 
 ERASURE_PARTITIONS = dg.DynamicPartitionsDefinition(name="erasure_requests")
-
-
-def _table(results: list[StoreResult]) -> str:
-    lines = ["| store | found | changed | note |", "|---|---:|---:|---|"]
-    lines += [f"| {r.store} | {r.found} | {r.changed} | {r.note} |" for r in results]
-    return "\n".join(lines)
 
 
 def _metadata(
@@ -38,7 +32,7 @@ def _metadata(
         "dry_run": dg.MetadataValue.bool(dry_run),
         "state": dg.MetadataValue.text(state),
         "rows_changed": dg.MetadataValue.int(sum(r.changed for r in results)),
-        "summary": dg.MetadataValue.md(_table(results)),
+        "summary": dg.MetadataValue.md(results_table(results)),
     }
 
 
@@ -129,7 +123,7 @@ def erasure_soft_delete(
                 stores.erasers(request),
                 issue_certificate=stores.issue_certificate,
             )
-            metadata["hard_delete_plan"] = dg.MetadataValue.md(_table(plan.results))
+            metadata["hard_delete_plan"] = dg.MetadataValue.md(results_table(plan.results))
             metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
         final = status(control, request_id)
     context.log.info(f"erasure request {request_id}: soft delete done ({len(results)} stores)")
