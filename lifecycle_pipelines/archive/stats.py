@@ -43,6 +43,13 @@ class ReconStats:
         params.update({f"source_cents_{name}": cents for name, cents in self.money_cents.items()})
         return params
 
+    def figures(self) -> dict[str, int]:
+        """The figures by name (`rows`, `pk_sum`, `pk_hash_sum`, `cents_<money column>`), as
+        the other side's GX batch carries them."""
+        named = {"rows": self.rows, "pk_sum": self.pk_sum, "pk_hash_sum": self.pk_hash_sum}
+        named.update({f"cents_{name}": cents for name, cents in self.money_cents.items()})
+        return named
+
     def money_text(self) -> dict[str, str]:
         """Money sums as decimal text (for metadata and the manifest)."""
         return {name: str(Decimal(cents).scaleb(-2)) for name, cents in self.money_cents.items()}
@@ -55,11 +62,20 @@ def pk_hash(keys: np.ndarray) -> np.ndarray:
 
 
 def pk_hash_sql(column: sql.Composable) -> sql.Composable:
-    """The same h(k) as a PostgreSQL bigint expression."""
-    x = sql.SQL("((((({c} % {p}) + {p}) % {p}) * {a} + {b}) % {p})").format(
+    """The same h(k) as a bigint expression of PostgreSQL and Redshift. `mod()`, not `%`: the
+    text may be run with bound `%s` parameters."""
+    x = sql.SQL("mod(mod(mod({c}, {p}) + {p}, {p}) * {a} + {b}, {p})").format(
         c=column, p=sql.Literal(HASH_P), a=sql.Literal(HASH_A), b=sql.Literal(HASH_B)
     )
-    return sql.SQL("(({x} * {x} % {p}) * {x} % {p})").format(x=x, p=sql.Literal(HASH_P))
+    return sql.SQL("mod(mod({x} * {x}, {p}) * {x}, {p})").format(x=x, p=sql.Literal(HASH_P))
+
+
+def cents_sum_sql(column: sql.Composable) -> sql.Composable:
+    """The sum of a money column in integer cents (NULL as 0) as a SQL expression, for both
+    PostgreSQL and Redshift. The sum is taken first (exact NUMERIC arithmetic) and scaled once:
+    for money of scale <= 2, the only kind `cents` accepts, that equals the sum of each value in
+    cents, at a fraction of the per-row cost."""
+    return sql.SQL("COALESCE((sum({}) * 100)::bigint, 0)").format(column)
 
 
 def source_stats(
@@ -71,10 +87,7 @@ def source_stats(
 ) -> ReconStats:
     """The figures of `SELECT ... FROM relation WHERE where` computed by PostgreSQL."""
     pk = sql.Identifier(primary_key)
-    money = [
-        sql.SQL("COALESCE(sum(({} * 100)::bigint), 0)").format(sql.Identifier(m))
-        for m in money_columns
-    ]
+    money = [cents_sum_sql(sql.Identifier(m)) for m in money_columns]
     query = sql.SQL(
         "SELECT count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money} FROM {rel} WHERE {w}"
     ).format(
@@ -123,10 +136,7 @@ def parts_source_stats(
         if key_ranges
         else sql.SQL("WHEN false THEN 0")
     )
-    money = [
-        sql.SQL("COALESCE(sum(({} * 100)::bigint), 0)").format(sql.Identifier("t", m))
-        for m in money_columns
-    ]
+    money = [cents_sum_sql(sql.Identifier("t", m)) for m in money_columns]
     query = sql.SQL(
         "SELECT {b} AS part, count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money}"
         " FROM {rel} WHERE {w} GROUP BY 1"

@@ -32,7 +32,13 @@ from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.manifest import ObjectEntry
 from lifecycle_pipelines.archive.plan import ArchiveMonth
 from lifecycle_pipelines.archive.stats import ReconStats, cents, pk_hash
-from lifecycle_pipelines.checks.gx import CheckOutcome, load_suite, schema_frame, validate
+from lifecycle_pipelines.checks.gx import (
+    CheckOutcome,
+    figures_frame,
+    load_suite,
+    schema_frame,
+    validate,
+)
 from lifecycle_pipelines.resources.s3 import S3Resource
 
 _LOW32 = np.int64(0xFFFFFFFF)
@@ -50,7 +56,7 @@ def exact_sum(values: np.ndarray) -> int:
 
 def money_cents(column: pa.Array | pa.ChunkedArray) -> int:
     """The exact sum in integer cents of a decimal money column (NULLs count as 0), as
-    PostgreSQL's `sum((m * 100)::bigint)` computes it."""
+    PostgreSQL's `stats.cents_sum_sql` computes it."""
     if isinstance(column, pa.ChunkedArray):
         return sum(money_cents(chunk) for chunk in column.chunks)
     if (
@@ -152,14 +158,7 @@ class ObjectFigures:
         if self.time_column:
             columns["time_min_us"] = self.time_min_us
             columns["time_max_us"] = self.time_max_us
-        return pd.DataFrame({name: _column([value]) for name, value in columns.items()})
-
-
-def _column(values: list[int | None]) -> pd.Series:
-    """int64 where every value fits (vectorised GX metrics), else exact Python ints."""
-    if all(v is not None and -(2**63) <= v < 2**63 for v in values):
-        return pd.Series(values, dtype="int64")
-    return pd.Series(values, dtype="object")
+        return figures_frame(columns)
 
 
 def _duplicates(keys: np.ndarray) -> int:

@@ -101,6 +101,20 @@ def schema_frame(schema: pa.Schema) -> pd.DataFrame:
     )
 
 
+def figures_frame(figures: dict[str, int | None]) -> pd.DataFrame:
+    """A one-row batch of figures (one column each) for expectations on computed figures:
+    int64 where the value fits (vectorised GX metrics), else the exact Python int."""
+    return pd.DataFrame(
+        {
+            name: pd.Series(
+                [value],
+                dtype="int64" if value is not None and -(2**63) <= value < 2**63 else "object",
+            )
+            for name, value in figures.items()
+        }
+    )
+
+
 def _summarise(result: Any) -> tuple[str, bool, dict[str, Any], str | None]:
     config = result.expectation_config
     column = config.kwargs.get("column")

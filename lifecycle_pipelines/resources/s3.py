@@ -66,18 +66,38 @@ class S3Resource(AwsResource):
         }
         return dict(self.client("s3").put_object(**args))
 
-    def upload_file(
-        self, path: Path, bucket: str, key: str, *, storage_class: str = "STANDARD"
-    ) -> dict[str, Any]:
-        """Upload a local file (multipart above the threshold); returns HeadObject of the result."""
+    def put_file(
+        self,
+        path: Path,
+        bucket: str,
+        key: str,
+        *,
+        storage_class: str = "STANDARD",
+        content_type: str = "application/octet-stream",
+    ) -> None:
+        """Upload a local file with SSE-KMS and a checksum: one PutObject below the multipart
+        threshold (no transfer-manager threads to start), parallel parts above it."""
         client = self.client("s3")
-        config = TransferConfig(multipart_threshold=self.multipart_threshold_mib * 1024 * 1024)
-        extra = {
+        extra: dict[str, Any] = {
             "StorageClass": storage_class,
+            "ContentType": content_type,
             "ChecksumAlgorithm": self.checksum_algorithm,
             **self.encryption_args(),
         }
+        threshold = self.multipart_threshold_mib * 1024 * 1024
+        if path.stat().st_size < threshold:
+            with path.open("rb") as body:
+                client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+            return
+        config = TransferConfig(multipart_threshold=threshold)
         client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
+
+    def upload_file(
+        self, path: Path, bucket: str, key: str, *, storage_class: str = "STANDARD"
+    ) -> dict[str, Any]:
+        """Upload a local file (see `put_file`); returns HeadObject of the result."""
+        self.put_file(path, bucket, key, storage_class=storage_class)
+        client = self.client("s3")
         return dict(client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
 
     @staticmethod

@@ -11,19 +11,25 @@
    bounded by the batch, not by the hour. User ids become HMAC-SHA256 keys (computed once per
    distinct id) and personal columns are never selected; each table is written as Parquet (by a
    background thread) to the staging bucket under a deterministic key.
-4. One warehouse transaction loads every table into a temporary stage shaped like the target,
-   then takes the tables' locks (in one fixed order) and MERGEs:
-   - PostgreSQL: the batches already in memory go to the stage as they stream, through
-     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back); the MERGE updates a
-     row only when the staged version is not older and something changed, so re-running an
-     hour writes nothing;
-   - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET`, staged rows older than
-     the warehouse's dropped, then MERGE.
-   Re-running an hour changes nothing; a late change lands on its existing row. Hours may load in
-   parallel (a backfill): each load has its own session and stages, the tables are created under
-   an advisory lock, and the MERGE phase holds the target tables' locks (SHARE ROW EXCLUSIVE on
-   PostgreSQL: readers go on) until commit, so concurrent merges of the same keys run one after
-   the other and the later one sees the earlier one's rows.
+4. One warehouse transaction loads every table, then MERGEs under the tables' locks (taken in
+   one statement, one fixed order):
+   - PostgreSQL: the batches already in memory are sent as they stream through
+     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back), into:
+     - the target itself when every key of the hour is above the target's greatest key (a first
+       load, a backfill into an empty range): nothing of them can be there, so no stage and no
+       MERGE. The locks are then taken before the stream and the bound is read under them;
+     - otherwise a temporary stage shaped like the target. Under the locks, the staged rows above
+       the target's greatest key (an hour's new orders) are INSERTed without a join, and the rest
+       MERGEd: a row is updated only when the staged version is not older and something changed,
+       so re-running an hour writes nothing;
+   - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET` into a stage, staged
+     rows older than the warehouse's dropped, then MERGE.
+   The warehouse then computes its reconciliation figures of the hour's keys in the same
+   transaction. Re-running an hour changes nothing; a late change lands on its existing row.
+   Hours may load in parallel (a backfill): each load has its own session and stages, the tables
+   are created under an advisory lock, and the locks (SHARE ROW EXCLUSIVE on PostgreSQL: readers
+   go on) are held until commit, so concurrent loads of the same keys run one after the other
+   and the later one sees the earlier one's rows.
 
 Soft-deleted users (the shop's `users.deleted_at` is set by an erasure request or an account
 closure) are excluded from the moment of the soft delete: their rows of the hour are not loaded
@@ -49,12 +55,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from boto3.s3.transfer import TransferConfig
 from psycopg import sql as psql
 from psycopg.copy import QueuedLibpqWriter
 
@@ -86,8 +89,6 @@ STAGING_BUCKET_SUFFIX = "staging"
 USERS_TABLE = "users"  # the source table whose `deleted_at` marks soft-deleted users
 PARQUET_ROW_GROUP_ROWS = 128_000
 PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
-FRAME_SINGLE_ROW_LIMIT = 8_000_000  # frame rows fetched as one array per column (PostgreSQL)
-FRAME_BUCKET_KEYS = 1 << 20  # above that, one array_agg row per this many keys
 PARQUET_QUEUE_BATCHES = 4  # batches waiting for the background Parquet writer
 DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
 
@@ -136,6 +137,7 @@ class TableLoad:
     source: ReconStats
     new_columns: list[str] = field(default_factory=list)
     excluded: int = 0  # rows of soft-deleted users: not loaded (dim_users) or without user key
+    path: str = "staged"  # "direct": COPYed into the target (every key new); "staged": MERGEd
 
 
 @dataclass
@@ -144,7 +146,7 @@ class HourLoad:
 
     hour: datetime
     tables: list[TableLoad] = field(default_factory=list)
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, ReconStats] = field(default_factory=dict)  # the warehouse's, per table
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for profiling
 
@@ -243,18 +245,38 @@ class _Plan:
         return [name for name, _ in self.columns]
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """The target's greatest key before the load's rows went in (read under the table lock);
+    None when the target was empty."""
+
+    key: Any
+
+    @property
+    def target_was_empty(self) -> bool:
+        return self.key is None
+
+
 @dataclass
 class _Staged:
     """One table's hour: what was extracted and where it was staged."""
 
     plan: _Plan
-    stats: ReconStats
     stage: str
+    deleted: pa.Array | None  # soft-deleted users among the rows (tables with a user key)
+    stats: ReconStats | None = None  # the source's figures, computed beside the extraction
+    direct: _Bound | None = None  # COPYed straight into the target (every key above the bound)
     rows: int = 0
     excluded: int = 0
     uri: str = ""
     purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
     dates: set[int] = field(default_factory=set)
+
+    @property
+    def source(self) -> ReconStats:
+        if self.stats is None:
+            raise RuntimeError(f"{self.plan.table.name}: the source figures were not computed")
+        return self.stats
 
 
 class _ParquetFile:
@@ -330,6 +352,9 @@ class HourLoader:
         self._psql_setup: list[str] = []
         self.log = logger
         self.bucket = s3.bucket(STAGING_BUCKET_SUFFIX)
+        # built now, not by the first upload: building a client is ~0.3 s of Python work, which
+        # on the upload thread would hold the GIL against the streaming thread
+        s3.client("s3")
         self._user_keys = UserKeys(pseudonym_key)
 
     def run(self, hour: datetime) -> HourLoad:
@@ -367,7 +392,13 @@ class HourLoader:
         for item in staged:
             result.tables.append(
                 TableLoad(
-                    item.plan.table, item.rows, item.uri, item.stats, item.plan.new, item.excluded
+                    item.plan.table,
+                    item.rows,
+                    item.uri,
+                    item.source,
+                    item.plan.new,
+                    item.excluded,
+                    "direct" if item.direct is not None else "staged",
                 )
             )
             if item.excluded:
@@ -418,14 +449,21 @@ class HourLoader:
             ):
                 if self.work_mem:
                     cur.execute("SELECT set_config('work_mem', %s, true)", (self.work_mem,))
-                with self._source_snapshot():
+                with (
+                    self._source_snapshot(),
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-figures") as side,
+                ):
+                    direct = self._direct_tables(cur, plans, hour, end)
                     for plan in plans:
-                        item = self._source_side(plan, hour, end)
+                        item = self._staged(plan, hour, end)
+                        item.direct = direct.get(plan.table.name)
                         staged.append(item)
+                        figures = self._figures_beside_stream(side, plan, hour, end)
                         uploads.append(self._stream_into_stage(cur, item, hour, end, folder, pool))
+                        item.stats = figures.result()
                 result.phases["extract_and_stage"] = time.perf_counter() - clock
                 clock = time.perf_counter()
-                self._merge_all(cur, staged, result)
+                self._merge_all(cur, staged, result, locked=bool(direct))
                 result.phases["lock_merge_reconcile"] = time.perf_counter() - clock
                 clock = time.perf_counter()
                 for item, upload in zip(staged, uploads, strict=True):
@@ -446,7 +484,8 @@ class HourLoader:
         clock = time.perf_counter()
         with self._source_snapshot():
             for plan in plans:
-                item = self._source_side(plan, hour, end)
+                item = self._staged(plan, hour, end)
+                item.stats = self._source_figures(plan, hour, end)
                 staged.append(item)
                 parquet = _ParquetFile(folder / f"{plan.table.name}.parquet", self._schema(plan))
                 with _closing(self._batches(item, hour, end)) as batches:
@@ -478,7 +517,7 @@ class HourLoader:
         self, cur: Any, staged: list[_Staged], result: HourLoad, *, locked: bool = False
     ) -> None:
         """Lock the targets (one statement, fixed order: no deadlock between loads), MERGE every
-        stage, read the reconciliation frames, delete soft-deleted users, add the dates."""
+        stage, read the warehouse's reconciliation figures, delete soft-deleted users, add the dates."""
         clock = _Clock(result.phases)
         if not locked:
             cur.execute(sql.lock_tables(self.schema, self._locked(staged), self.engine))
@@ -486,12 +525,11 @@ class HourLoader:
         dates: set[int] = set()
         for item in staged:
             table, stage = item.plan.table, item.stage
-            if self.engine == "postgres":
-                cur.execute(
-                    sql.merge_changed(
-                        self.schema, table.name, stage, table.key, item.plan.names, table.version
-                    )
-                )
+            bound: _Bound | None = item.direct
+            if bound is not None:
+                pass  # the rows went straight into the target as they streamed
+            elif self.engine == "postgres":
+                bound = self._insert_new_and_merge(cur, item)
             else:
                 if table.version:
                     cur.execute(
@@ -500,9 +538,10 @@ class HourLoader:
                 cur.execute(sql.merge(self.schema, table.name, stage, table.key, item.plan.names))
             clock.lap("merge")
             if table.reconciled:
-                result.frames[table.name] = self._warehouse_frame(cur, table, stage, item.rows)
-                clock.lap("reconciliation_frame")
-            cur.execute(f"DROP TABLE {sql.ident(stage)}")
+                result.figures[table.name] = self._warehouse_figures(cur, table, stage, bound)
+                clock.lap("reconciliation_figures")
+            if item.direct is None:
+                cur.execute(f"DROP TABLE {sql.ident(stage)}")
             self._purge(cur, table, item.purge)
             dates.update(item.dates)
         self._merge_dates(cur, sorted(dates))
@@ -535,8 +574,9 @@ class HourLoader:
     def _stream(self, shape: TableShape, query: psql.Composable) -> Iterator[pa.RecordBatch]:
         """The query's rows as Arrow batches: read by a psql child process in the snapshot (no
         Python work per row), else by psycopg on the snapshot's own connection."""
+        # parsed on this thread: the load keeps both cores busy without the parser's threads
         if self._psql is None:
-            return stream_batches(self.shop, shape, query)
+            return stream_batches(self.shop, shape, query, parse_threads=False)
         statement = psql.SQL("COPY ({}) TO STDOUT (FORMAT csv, HEADER true)").format(query)
         return psql_batches(
             self._psql,
@@ -544,6 +584,7 @@ class HourLoader:
             self._psql_setup,
             statement.as_string(self.shop),
             shape,
+            parse_threads=False,
         )
 
     def _hour_filter(self, hour: datetime, end: datetime) -> psql.Composable:
@@ -554,15 +595,35 @@ class HourLoader:
     def _relation(self, table: WarehouseTable) -> psql.Composable:
         return psql.SQL("{} AS t").format(psql.Identifier("public", table.source_table))
 
-    def _source_side(self, plan: _Plan, hour: datetime, end: datetime) -> _Staged:
-        """The source's figures of the hour (in the snapshot), before the rows are read."""
+    def _staged(self, plan: _Plan, hour: datetime, end: datetime) -> _Staged:
+        """A table's hour before its rows are read; the soft-deleted users among them are
+        looked up first (on the snapshot's connection)."""
+        table = plan.table
+        deleted = None
+        if USER_KEY in table.derived and not is_user_dimension(table):
+            deleted = self._deleted_users(table, hour, end)
+        return _Staged(plan, stage=f"stage_{table.name}", deleted=deleted)
+
+    def _source_figures(self, plan: _Plan, hour: datetime, end: datetime) -> ReconStats:
+        """The source's reconciliation figures of the hour, computed by the source in the
+        snapshot."""
         table = plan.table
         where = self._hour_filter(hour, end)
         if is_user_dimension(table):  # reconcile like with like: soft-deleted users are not loaded
             where = psql.SQL("{} AND t.deleted_at IS NULL").format(where)
         key = table.key if table.key in table.taken else "user_id"
-        stats = source_stats(self.shop, self._relation(table), key, list(table.money), where)
-        return _Staged(plan, stats, stage=f"stage_{table.name}")
+        return source_stats(self.shop, self._relation(table), key, list(table.money), where)
+
+    def _figures_beside_stream(
+        self, pool: ThreadPoolExecutor, plan: _Plan, hour: datetime, end: datetime
+    ) -> Future[ReconStats]:
+        """The source figures while the rows stream: on `pool` when psql streams them (the
+        snapshot's own connection is free meanwhile), else first, on that connection."""
+        if self._psql is not None:
+            return pool.submit(self._source_figures, plan, hour, end)
+        done: Future[ReconStats] = Future()
+        done.set_result(self._source_figures(plan, hour, end))
+        return done
 
     def _deleted_users(self, table: WarehouseTable, hour: datetime, end: datetime) -> pa.Array:
         """The soft-deleted users referenced by the table's rows of the hour, in one query."""
@@ -602,12 +663,11 @@ class HourLoader:
         plan, table = item.plan, item.plan.table
         shape = self._shape(plan)
         schema = self._schema(plan)
-        deleted = None
-        if USER_KEY in table.derived and not is_user_dimension(table):
-            deleted = self._deleted_users(table, hour, end)
-        query = select_month(shape, self._relation(table), self._hour_filter(hour, end))
+        query = select_month(
+            shape, self._relation(table), self._hour_filter(hour, end), ordered=False
+        )
         with _closing(self._stream(shape, query)) as stream:
-            yield from self._transformed(item, stream, schema, deleted)
+            yield from self._transformed(item, stream, schema, item.deleted)
 
     def _transformed(
         self,
@@ -652,15 +712,19 @@ class HourLoader:
         pool: ThreadPoolExecutor,
     ) -> Future[str]:
         """Create the stage and COPY the hour's batches into it as they are extracted (binary,
-        sent by a writer thread); the same batches are written to Parquet and uploaded by
-        `pool`'s single worker (in order, at most a few batches behind). Returns the upload."""
+        sent by a writer thread), or into the target itself for a direct table; the same batches
+        are written to Parquet and uploaded by `pool`'s single worker (in order, at most a few
+        batches behind). Returns the upload."""
         plan = item.plan
-        cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+        into: tuple[str, ...] = (self.schema, plan.table.name)
+        if item.direct is None:
+            cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+            into = (item.stage,)
         order = BinaryCopyEncoder.copy_order(plan.columns)
         encoder = BinaryCopyEncoder(order)
         parquet = _ParquetFile(folder / f"{plan.table.name}.parquet", self._schema(plan))
         pending: deque[Future[None]] = deque()
-        statement = sql.copy_binary(item.stage, [name for name, _ in order])
+        statement = sql.copy_binary(into, [name for name, _ in order])
         with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(HEADER)
             with _closing(self._batches(item, hour, end)) as batches:
@@ -684,17 +748,9 @@ class HourLoader:
         return f"{self.object_prefix}/{table.name}/hour={hour:%Y-%m-%dT%H}/part-00000.parquet"
 
     def _upload(self, path: Path, key: str) -> str:
-        """Upload a staged Parquet file (SSE-KMS and checksum as the S3 resource sets them;
-        multipart above its threshold); returns its URI."""
-        extra = {
-            "ContentType": "application/vnd.apache.parquet",
-            "ChecksumAlgorithm": self.s3.checksum_algorithm,
-            **self.s3.encryption_args(),
-        }
-        config = TransferConfig(multipart_threshold=self.s3.multipart_threshold_mib * 1024 * 1024)
-        self.s3.client("s3").upload_file(
-            str(path), self.bucket, key, ExtraArgs=extra, Config=config
-        )
+        """Upload a staged Parquet file (SSE-KMS and checksum as the S3 resource sets them);
+        returns its URI."""
+        self.s3.put_file(path, self.bucket, key, content_type="application/vnd.apache.parquet")
         return self.s3.uri(self.bucket, key)
 
     # -- merge helpers ---------------------------------------------------------------------
@@ -704,20 +760,87 @@ class HourLoader:
             chunk = tuple(keys[start : start + PURGE_CHUNK])
             cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
 
-    def _warehouse_frame(
-        self, cur: Any, table: WarehouseTable, stage: str, rows: int
-    ) -> pd.DataFrame:
-        """The merged rows of the staged keys as the warehouse now holds them: the key and each
-        money column in integer cents (NULL as 0, which leaves every sum unchanged)."""
-        names = [table.key, *(f"_cents_{m}" for m in table.money)]
-        if self.engine == "postgres":
-            bucket = FRAME_BUCKET_KEYS if rows > FRAME_SINGLE_ROW_LIMIT else None
-            columns = _frame_arrays(
-                cur, sql.frame_arrays(self.schema, table, stage, bucket), len(names)
+    def _greatest_key(self, cur: Any, table: WarehouseTable) -> _Bound:
+        cur.execute(sql.greatest_key(self.schema, table.name, table.key))
+        row = cur.fetchone()
+        return _Bound(row[0] if row else None)
+
+    def _direct_tables(
+        self, cur: Any, plans: list[_Plan], hour: datetime, end: datetime
+    ) -> dict[str, _Bound]:
+        """The tables whose every row of the hour has a key above the warehouse's greatest key
+        (the hour's new orders during a backfill into an empty range, a first load): nothing of
+        them can be in the target, so their rows are COPYed straight into it as they stream, no
+        stage and no MERGE. That needs the targets' locks before the stream, so they are taken
+        here (one statement, the same fixed order as `_merge_all`) when some table qualifies,
+        and the bound is read again under them. Tables whose key is derived (the user key) are
+        always staged."""
+        candidates: dict[str, Any] = {}
+        for plan in plans:
+            table = plan.table
+            if table.key not in table.taken:
+                continue
+            bound = self._greatest_key(cur, table)
+            if bound.target_was_empty:
+                candidates[table.name] = None
+                continue
+            where = self._hour_filter(hour, end)
+            row = self.shop.execute(
+                sql.least_key(self._relation(table), table.key, where)
+            ).fetchone()
+            if row is not None and row[0] is not None and row[0] > bound.key:
+                candidates[table.name] = row[0]
+        if not candidates:
+            return {}
+        names = [plan.table.name for plan in plans] + ["dim_date"]
+        cur.execute(sql.lock_tables(self.schema, names, self.engine))
+        direct: dict[str, _Bound] = {}
+        for plan in plans:
+            if plan.table.name not in candidates:
+                continue
+            bound = self._greatest_key(cur, plan.table)
+            least = candidates[plan.table.name]
+            if bound.target_was_empty or (least is not None and least > bound.key):
+                direct[plan.table.name] = bound
+        return direct
+
+    def _insert_new_and_merge(self, cur: Any, item: _Staged) -> _Bound:
+        """PostgreSQL: read the target's greatest key (under the lock), INSERT the staged rows
+        above it (they cannot be in the target), MERGE the others. Returns the bound."""
+        table, names = item.plan.table, item.plan.names
+        bound = self._greatest_key(cur, table)
+        if bound.target_was_empty:
+            cur.execute(
+                sql.insert_new(self.schema, table.name, item.stage, table.key, names, above=False)
             )
-            return pd.DataFrame(dict(zip(names, columns, strict=True)))
-        cur.execute(sql.frame_rows(self.schema, table, stage))
-        return pd.DataFrame([tuple(r) for r in cur.fetchall()], columns=names)
+            return bound
+        insert = sql.insert_new(self.schema, table.name, item.stage, table.key, names, above=True)
+        cur.execute(insert, (bound.key,))
+        merge = sql.merge_changed(
+            self.schema, table.name, item.stage, table.key, names, table.version, up_to_key=True
+        )
+        cur.execute(merge, (bound.key,))
+        return bound
+
+    def _warehouse_figures(
+        self, cur: Any, table: WarehouseTable, stage: str, bound: _Bound | None
+    ) -> ReconStats:
+        """The reconciliation figures of the merged rows of the staged keys, computed by the
+        warehouse in one row (see `sql.figures` and `sql.figures_split`)."""
+        if bound is None:
+            cur.execute(sql.figures(self.schema, table, stage))
+        elif bound.target_was_empty:
+            cur.execute(sql.figures_split(self.schema, table, stage, target_was_empty=True))
+        else:
+            statement = sql.figures_split(self.schema, table, stage, target_was_empty=False)
+            cur.execute(statement, (bound.key, bound.key))
+        row = cur.fetchone()
+        return ReconStats(
+            rows=int(row[0]),
+            pk_sum=int(row[1]),
+            pk_hash_sum=int(row[2]),
+            money_cents={m: int(v) for m, v in zip(table.money, row[3:], strict=True)},
+        )
 
     def _merge_dates(self, cur: Any, keys: list[int]) -> None:
         if not keys:
@@ -740,42 +863,3 @@ class HourLoader:
             )
         )
         cur.execute("DROP TABLE stage_dim_date")
-
-
-def _frame_arrays(cur: Any, statement: str, count: int) -> list[np.ndarray]:
-    """Run a `COPY (SELECT array_agg(..), ..) TO STDOUT (FORMAT binary)` of int8 arrays without
-    NULL elements and return each column as one int64 array (no Python work per frame row).
-
-    PostgreSQL sends every COPY row in a message of its own (the file header rides with the
-    first), so each message is parsed as it arrives and only the decoded arrays are kept."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(count)]
-    element = np.dtype([("length", ">i4"), ("value", ">i8")])
-    header = True
-    with cur.copy(statement) as copy:
-        for chunk in copy:
-            data = memoryview(chunk)
-            pos = 0
-            if header:
-                (extension,) = struct.unpack_from(">i", data, 15)
-                pos, header = 19 + extension, False
-            while pos < len(data):
-                (fields,) = struct.unpack_from(">h", data, pos)
-                pos += 2
-                if fields == -1:
-                    break
-                for index in range(fields):
-                    (length,) = struct.unpack_from(">i", data, pos)
-                    pos += 4
-                    if length <= 0:
-                        continue
-                    ndim, _flags, _oid = struct.unpack_from(">iii", data, pos)
-                    if ndim:
-                        (size,) = struct.unpack_from(">i", data, pos + 12)
-                        start = pos + 12 + 8 * ndim
-                        values = np.frombuffer(data, dtype=element, count=size, offset=start)
-                        if not (values["length"] == 8).all():
-                            raise ValueError("reconciliation frame: a NULL or non-int8 element")
-                        parts[index].append(values["value"].astype(np.int64))
-                    pos += length
-            del data
-    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]

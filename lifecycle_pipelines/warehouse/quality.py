@@ -1,10 +1,10 @@
-"""Reconciliation of an hourly load with Great Expectations: the warehouse rows of the loaded
-keys against the source's figures for the rows changed in the hour."""
+"""Reconciliation of an hourly load with Great Expectations: the warehouse's figures of the loaded
+keys (computed by the warehouse inside the load's transaction) against the source's figures of
+the rows changed in the hour (computed in the source's snapshot)."""
 
 from __future__ import annotations
 
-from lifecycle_pipelines.archive.stats import pk_hash
-from lifecycle_pipelines.checks.gx import CheckOutcome, load_suite, validate
+from lifecycle_pipelines.checks.gx import CheckOutcome, figures_frame, load_suite, validate
 from lifecycle_pipelines.warehouse.loader import HourLoad
 
 
@@ -14,10 +14,11 @@ def check_hour(load: HourLoad) -> CheckOutcome:
     for item in load.tables:
         if not item.table.reconciled or (item.rows == 0 and item.source.rows == 0):
             continue
-        frame = load.frames[item.table.name].copy()
-        frame["_pk_hash"] = pk_hash(frame[item.table.key].to_numpy(dtype="int64"))
+        figures = figures_frame(dict(load.figures[item.table.name].figures()))
         outcomes = validate(
-            load_suite(f"warehouse_{item.table.name}"), {"rows": frame}, item.source.as_parameters()
+            load_suite(f"warehouse_{item.table.name}"),
+            {"rows": figures},
+            item.source.as_parameters(),
         )
         total.merge(outcomes["reconciliation"])
     return total

@@ -1,5 +1,5 @@
 """The warehouse SQL of Redshift and PostgreSQL: DDL, staging tables, locks, MERGE, the
-reconciliation frame.
+reconciliation figures.
 
 Statements are rendered to text from `psycopg.sql` identifiers so that the same text runs on
 both engines (redshift_connector takes text); values are bound parameters. Most statements are
@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from psycopg import sql
+
+from lifecycle_pipelines.archive.stats import cents_sum_sql, pk_hash_sql
 
 if TYPE_CHECKING:
     from lifecycle_pipelines.warehouse.model import Engine, WarehouseTable
@@ -65,20 +67,46 @@ def merge(schema: str, table: str, stage: str, key: str, columns: list[str]) -> 
     )
 
 
+def greatest_key(schema: str, table: str, key: str) -> str:
+    """The target's greatest key (PostgreSQL, read under the table lock)."""
+    return f"SELECT max({ident(key)}) FROM {ident(schema, table)}"
+
+
+def insert_new(
+    schema: str, table: str, stage: str, key: str, columns: list[str], *, above: bool
+) -> str:
+    """INSERT the staged rows that cannot be in the target (PostgreSQL): with `above`, those
+    whose key is above the bound parameter, the target's greatest key read under the table
+    lock; without, every staged row (the target was empty). No join, no per-row MERGE action:
+    an hour's new orders, whose keys come after every loaded one, take this path."""
+    names = ", ".join(ident(c) for c in columns)
+    where = f" WHERE {ident(key)} > %s" if above else ""
+    return f"INSERT INTO {ident(schema, table)} ({names}) SELECT {names} FROM {ident(stage)}{where}"
+
+
 def merge_changed(
-    schema: str, table: str, stage: str, key: str, columns: list[str], version: str | None
+    schema: str,
+    table: str,
+    stage: str,
+    key: str,
+    columns: list[str],
+    version: str | None,
+    *,
+    up_to_key: bool = False,
 ) -> str:
     """MERGE for PostgreSQL: a matched row is updated only when the staged version is not older
     (a late re-run never moves a row back) and some column differs (re-running an hour writes
-    nothing); the rest is inserted. Redshift's MERGE takes no condition: it uses `drop_older`
-    then `merge`."""
+    nothing); the rest is inserted. With `up_to_key`, only the staged rows whose key is at most
+    the bound parameter (the rest went through `insert_new`). Redshift's MERGE takes no
+    condition: it uses `drop_older` then `merge`."""
     target = ident(schema, table)
     others = [c for c in columns if c != key]
     names = ", ".join(ident(c) for c in columns)
     values = ", ".join(f"s.{ident(c)}" for c in columns)
-    statement = (
-        f"MERGE INTO {target} AS t USING {ident(stage)} AS s ON t.{ident(key)} = s.{ident(key)} "
-    )
+    source = ident(stage)
+    if up_to_key:
+        source = f"(SELECT * FROM {ident(stage)} WHERE {ident(key)} <= %s)"
+    statement = f"MERGE INTO {target} AS t USING {source} AS s ON t.{ident(key)} = s.{ident(key)} "
     if others:
         conditions = []
         if version:
@@ -101,37 +129,64 @@ def lock_tables(schema: str, tables: list[str], engine: Engine) -> str:
     return f"LOCK {names}"
 
 
-def copy_binary(stage: str, columns: list[str]) -> str:
-    """COPY the stage's columns, in this order, from binary COPY data (PostgreSQL)."""
+def copy_binary(table: tuple[str, ...], columns: list[str]) -> str:
+    """COPY the columns, in this order, of a stage (`(stage,)`) or a target (`(schema, table)`)
+    from binary COPY data (PostgreSQL)."""
     names = ", ".join(ident(c) for c in columns)
-    return f"COPY {ident(stage)} ({names}) FROM STDIN (FORMAT binary)"
+    return f"COPY {ident(*table)} ({names}) FROM STDIN (FORMAT binary)"
 
 
-def _frame_parts(schema: str, table: WarehouseTable, stage: str) -> tuple[list[str], str]:
-    """The frame's expressions (key, money in cents with NULL as 0) and its FROM clause: the
-    warehouse rows of the staged keys that the staged version reached."""
-    key = ident(table.key)
-    expressions = [f"t.{key}"] + [f"COALESCE((t.{ident(m)} * 100)::bigint, 0)" for m in table.money]
-    join = f"s.{key} = t.{key}"
+def least_key(relation: sql.Composable, key: str, where: sql.Composable) -> sql.Composable:
+    """The least key of the source rows of the hour. The `OFFSET 0` fence keeps PostgreSQL from
+    answering min() by walking the key's index until a row of the hour turns up."""
+    return sql.SQL(
+        "SELECT min(k) FROM (SELECT {key} AS k FROM {rel} WHERE {w} OFFSET 0) AS hour"
+    ).format(key=sql.Identifier("t", key), rel=relation, w=where)
+
+
+def _figure_columns(table: WarehouseTable) -> str:
+    key = sql.Identifier("t", table.key)
+    money = "".join(f", {render(cents_sum_sql(sql.Identifier('t', m)))}" for m in table.money)
+    return (
+        f"count(*), COALESCE(sum({render(key)}), 0), "
+        f"COALESCE(sum({render(pk_hash_sql(key))}), 0){money}"
+    )
+
+
+def _staged_reached(table: WarehouseTable, stage: str) -> str:
+    """The warehouse row `t` is the one of a staged key, and the staged version reached it (a
+    newer row already there is not this hour's)."""
+    match = f"s.{ident(table.key)} = t.{ident(table.key)}"
     if table.version:
-        join += f" AND s.{ident(table.version)} >= t.{ident(table.version)}"
-    return expressions, f"FROM {ident(schema, table.name)} t JOIN {ident(stage)} s ON {join}"
+        match += f" AND s.{ident(table.version)} >= t.{ident(table.version)}"
+    return f"EXISTS (SELECT 1 FROM {ident(stage)} s WHERE {match})"
 
 
-def frame_rows(schema: str, table: WarehouseTable, stage: str) -> str:
-    """The reconciliation frame as rows (Redshift)."""
-    expressions, source = _frame_parts(schema, table, stage)
-    return f"SELECT {', '.join(expressions)} {source}"
+def figures(schema: str, table: WarehouseTable, stage: str) -> str:
+    """The warehouse's reconciliation figures of the hour, both engines, one row: count, key
+    sum, key checksum (the source's h(k)) and money sums in cents over the warehouse rows of the
+    staged keys that the staged version reached. A semi-join: each warehouse row counts once,
+    and only the stage's key and version are hashed."""
+    return (
+        f"SELECT {_figure_columns(table)} FROM {ident(schema, table.name)} t "
+        f"WHERE {_staged_reached(table, stage)}"
+    )
 
 
-def frame_arrays(schema: str, table: WarehouseTable, stage: str, bucket: int | None) -> str:
-    """The reconciliation frame as binary COPY of int8 arrays (PostgreSQL): one row, or with
-    `bucket` one row per `bucket` keys (an array value must stay under 1 GB); a few messages
-    instead of one per frame row."""
-    expressions, source = _frame_parts(schema, table, stage)
-    aggregates = ", ".join(f"array_agg({e})" for e in expressions)
-    group = f" GROUP BY t.{ident(table.key)} / {int(bucket)}" if bucket else ""
-    return f"COPY (SELECT {aggregates} {source}{group}) TO STDOUT (FORMAT binary)"
+def figures_split(schema: str, table: WarehouseTable, stage: str, *, target_was_empty: bool) -> str:
+    """The same figures after `insert_new` (PostgreSQL): the warehouse rows above the bound
+    parameter (the greatest key before the load; under the table lock only this load can have
+    written them) plus those at most it that a staged version reached. Parameters: the key
+    twice. When the target was empty, every warehouse row is this load's (no parameter)."""
+    target = ident(schema, table.name)
+    if target_was_empty:
+        return f"SELECT {_figure_columns(table)} FROM {target} t"
+    key = ident(table.key)
+    return (
+        f"SELECT {_figure_columns(table)} FROM ("
+        f"SELECT * FROM {target} WHERE {key} > %s UNION ALL "
+        f"SELECT * FROM {target} t WHERE t.{key} <= %s AND {_staged_reached(table, stage)}) t"
+    )
 
 
 def redshift_copy(stage: str, s3_uri: str, iam_role_arn: str) -> str:

@@ -25,6 +25,7 @@ from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
 from lifecycle_pipelines.warehouse.model import Engine
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop
+from tests.warehouse.recording import RecordingConnection
 
 SHOP = "shop_warehouse_erasure_tests"
 SCHEMA = "erasure_tests"
@@ -276,57 +277,6 @@ def test_a_soft_deleted_user_is_excluded_from_loads(
     assert _count(warehouse, unlinked, (order,)) == 1
 
 
-class _Recorder:
-    """A DB-API connection that records statements with their parameters (Redshift is not
-    reachable) and answers counts: every table exists, every count is `found`."""
-
-    def __init__(self, found: int = 2, fail_on: str | None = None) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.found = found
-        self.fail_on = fail_on
-        self.rowcount = -1
-        self.autocommit = False
-
-    @property
-    def statements(self) -> list[str]:
-        return [s for s, _ in self.calls]
-
-    def cursor(self) -> _Recorder:
-        return self
-
-    def __enter__(self) -> _Recorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def execute(self, statement: str, params: Any = None) -> None:
-        text = " ".join(str(statement).split())
-        if self.fail_on and text.startswith(self.fail_on):
-            raise RuntimeError("connection lost")
-        self.calls.append((text, params))
-        self.rowcount = self.found if text.startswith(("DELETE", "UPDATE")) else -1
-
-    def executemany(self, statement: str, rows: Any) -> None:
-        self.calls.append((" ".join(str(statement).split()), rows))
-
-    def fetchone(self) -> tuple[int]:
-        return (self.found,)
-
-    def fetchall(self) -> list[Any]:
-        last = self.calls[-1][0] if self.calls else ""
-        return [("dim_users",), ("fact_orders",)] if "information_schema" in last else []
-
-    def commit(self) -> None:
-        self.calls.append(("COMMIT", None))
-
-    def rollback(self) -> None:
-        self.calls.append(("ROLLBACK", None))
-
-    def close(self) -> None:
-        self.calls.append(("CLOSE", None))
-
-
 KEY = "ab" * 32
 REDSHIFT_ERASE = [
     (
@@ -343,7 +293,7 @@ REDSHIFT_ERASE = [
 
 
 def test_redshift_erasure_sql_in_one_transaction() -> None:
-    recorder = _Recorder(found=2)
+    recorder = RecordingConnection(found=2)
     eraser = WarehouseEraser(recorder, schema="analytics", engine="redshift")
     results = eraser.erase(Subject("7", KEY), dry_run=False)
     assert recorder.calls == REDSHIFT_ERASE
@@ -352,7 +302,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
         ("warehouse.fact_orders", 2, 2),
     ]
 
-    dry = _Recorder(found=3)
+    dry = RecordingConnection(found=3)
     results = WarehouseEraser(dry, schema="analytics", engine="redshift").erase(
         Subject("7", KEY), dry_run=True
     )
@@ -360,7 +310,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
     assert dry.statements[-1] == "ROLLBACK" and "COMMIT" not in dry.statements
     assert [(r.found, r.changed) for r in results] == [(3, 0), (3, 0)]
 
-    remaining = _Recorder(found=0)
+    remaining = RecordingConnection(found=0)
     counts = WarehouseEraser(remaining, schema="analytics", engine="redshift").remaining(
         Subject("7", KEY)
     )
@@ -372,7 +322,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
 
 
 def test_redshift_erasure_rolls_back_on_failure_and_closes_its_own_connection() -> None:
-    recorder = _Recorder(found=1, fail_on="UPDATE")
+    recorder = RecordingConnection(found=1, fail_on="UPDATE")
     eraser = WarehouseEraser(lambda: recorder, schema="analytics", engine="redshift")
     with pytest.raises(RuntimeError):
         eraser.erase(Subject("7", KEY), dry_run=False)
@@ -387,7 +337,7 @@ def test_redshift_load_deletes_soft_deleted_users_in_the_load_transaction(
     user, _ = _user_of(shop, hour)
     erased_at = _erasure_hour(3) + timedelta(minutes=20)
     _soft_delete(shop, user, erased_at)
-    recorder = _Recorder(found=0)
+    recorder = RecordingConnection(found=0)
     load_hour(_hour(erased_at), warehouse=recorder, engine="redshift")
     text = recorder.statements
     load = text[text.index("COMMIT") + 1 :]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import dagster as dg
 import psycopg
+import pyarrow as pa
 import pytest
 from dagster._core.errors import DagsterUnknownPartitionError
 
@@ -19,8 +22,10 @@ from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop, resources_with_shop
+from tests.warehouse.recording import RecordingConnection
 
 SHOP = "shop_warehouse_tests"
+MONEY = ("subtotal", "shipping_fee", "tax", "total")
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +133,91 @@ def test_a_late_change_to_an_older_order_lands_on_its_row(shop: Any, warehouse: 
     assert warehouse.execute("SELECT count(*) FROM analytics.fact_orders").fetchone()[0] >= count
 
 
+def _hour_of_order(shop: Any, order: int) -> datetime:
+    row = shop.execute(
+        "SELECT date_trunc('hour', updated_at) FROM orders WHERE order_id = %s", (order,)
+    ).fetchone()
+    return row[0].astimezone(UTC)
+
+
+def _order_ids(shop: Any, hour: datetime) -> list[int]:
+    rows = shop.execute(
+        "SELECT order_id FROM orders WHERE updated_at >= %s AND updated_at < %s",
+        (hour, hour + timedelta(hours=1)),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _content(warehouse: Any, schema: str) -> list[tuple[Any, ...]]:
+    return [
+        warehouse.execute(
+            f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM \"{schema}\".{table} t"
+        ).fetchone()
+        for table in ("fact_orders", "fact_order_items", "dim_users", "dim_products", "dim_date")
+    ]
+
+
+@contextmanager
+def _restamped(shop: Any, orders: list[int], at: datetime) -> Iterator[None]:
+    """The orders' `updated_at` moved to `at` (as changes committed then), put back afterwards."""
+    saved = shop.execute(
+        "SELECT order_id, updated_at FROM orders WHERE order_id = ANY(%s)", (orders,)
+    ).fetchall()
+    shop.execute("ALTER TABLE orders DISABLE TRIGGER orders_set_updated_at")
+    try:
+        shop.execute("UPDATE orders SET updated_at = %s WHERE order_id = ANY(%s)", (at, orders))
+        yield
+    finally:
+        for order, updated_at in saved:
+            shop.execute(
+                "UPDATE orders SET updated_at = %s WHERE order_id = %s", (updated_at, order)
+            )
+        shop.execute("ALTER TABLE orders ENABLE TRIGGER orders_set_updated_at")
+
+
+def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
+    shop: Any, warehouse: Any, local_stack: Any
+) -> None:
+    """The first hour into an empty schema is COPYed straight into the targets; a later hour with
+    keys at or below a target's greatest key is staged: its keys above it INSERTed, the others
+    MERGEd. Both orders end with the same warehouse, every load reconciled."""
+    middle = shop.execute(
+        "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY order_id) FROM orders"
+    )
+    first = _hour_of_order(shop, middle.fetchone()[0])
+    keys = _order_ids(shop, first)
+    second = datetime(2021, 3, 1, 5, tzinfo=UTC)  # no order of the seeded shop is this old
+    # one key above and one below every key of `first`: both branches of the staged path
+    moved = [max(keys) + 7, min(keys) - 7]
+    schemas = {"hourly_load_forward": (first, second), "hourly_load_backward": (second, first)}
+    paths, content = {}, {}
+    try:
+        with (
+            _restamped(shop, moved, second + timedelta(minutes=10)),
+            dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        ):
+            assert sorted(_order_ids(shop, second)) == sorted(moved)
+            for schema, hours in schemas.items():
+                warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                paths[schema] = []
+                for hour in hours:
+                    with psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn:
+                        load = _loader(shop, conn, r.s3, schema).run(hour)
+                    assert check_hour(load).success
+                    paths[schema].append({t.table.name: t.path for t in load.tables})
+                content[schema] = _content(warehouse, schema)
+    finally:
+        for schema in schemas:
+            warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    assert content["hourly_load_forward"] == content["hourly_load_backward"]
+    assert content["hourly_load_forward"][0][0] == len(keys) + len(moved)
+    for schema in schemas:
+        first_load, second_load = paths[schema]
+        assert first_load["fact_orders"] == first_load["dim_products"] == "direct"
+        assert first_load["dim_users"] == "staged"  # a derived key is always staged
+        assert second_load["fact_orders"] == "staged"
+
+
 def test_a_new_source_column_is_reported_not_dropped(shop: Any) -> None:
     hour = _busiest_hour(shop)
     shop.execute("ALTER TABLE users ADD COLUMN nickname varchar(30)")
@@ -163,40 +253,9 @@ def _has_facts(warehouse: Any) -> bool:
     return row[0] is not None
 
 
-class _Recorder:
-    """A DB-API connection that records what it is asked to run (Redshift is not reachable)."""
-
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    def cursor(self) -> _Recorder:
-        return self
-
-    def __enter__(self) -> _Recorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def execute(self, statement: str, params: Any = None) -> None:
-        self.statements.append(" ".join(str(statement).split()))
-
-    def executemany(self, statement: str, rows: Any) -> None:
-        self.statements.append(" ".join(str(statement).split()))
-
-    def fetchall(self) -> list[Any]:
-        return []
-
-    def commit(self) -> None:
-        self.statements.append("COMMIT")
-
-    def rollback(self) -> None:
-        self.statements.append("ROLLBACK")
-
-
 def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any) -> None:
     hour = _busiest_hour(shop)
-    recorder = _Recorder()
+    recorder = RecordingConnection()
     with dg.build_resources({"s3": resources_for("local")["s3"]}) as r:
         s3: S3Resource = r.s3
         HourLoader(
@@ -237,14 +296,16 @@ def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any
         '"stage_fact_orders"."updated_at" < t."updated_at"'
     )
     assert load.index(copy) < drop < load.index(merge)
-    frame = next(s for s in load if s.startswith('SELECT t."order_id"'))
-    assert frame == (
-        'SELECT t."order_id", COALESCE((t."subtotal" * 100)::bigint, 0), '
-        'COALESCE((t."shipping_fee" * 100)::bigint, 0), COALESCE((t."tax" * 100)::bigint, 0), '
-        'COALESCE((t."total" * 100)::bigint, 0) FROM "analytics"."fact_orders" t '
-        'JOIN "stage_fact_orders" s ON s."order_id" = t."order_id" '
-        'AND s."updated_at" >= t."updated_at"'
+    figures = next(s for s in load if s.startswith("SELECT count(*)") and "fact_orders" in s)
+    assert figures.startswith('SELECT count(*), COALESCE(sum("t"."order_id"), 0), COALESCE(sum(')
+    assert figures.endswith(
+        ', COALESCE((sum("t"."subtotal") * 100)::bigint, 0), '
+        'COALESCE((sum("t"."shipping_fee") * 100)::bigint, 0), '
+        'COALESCE((sum("t"."tax") * 100)::bigint, 0), COALESCE((sum("t"."total") * 100)::bigint, 0) '
+        'FROM "analytics"."fact_orders" t WHERE EXISTS (SELECT 1 FROM "stage_fact_orders" s '
+        'WHERE s."order_id" = t."order_id" AND s."updated_at" >= t."updated_at")'
     )
+    assert load.index(merge) < load.index(figures) < len(load) - 1  # inside the transaction
     assert not any("ANY(" in s or "pg_advisory" in s or "work_mem" in s for s in text)
 
 
@@ -272,7 +333,7 @@ def test_an_hour_without_changes_loads_nothing_and_reconciles(
     ):
         load = _loader(shop, conn, r.s3, own_schema).run(datetime(2020, 1, 1, 3, tzinfo=UTC))
     assert [(t.rows, t.source.rows) for t in load.tables] == [(0, 0)] * 4
-    assert all(len(frame) == 0 for frame in load.frames.values())
+    assert all(figures.rows == 0 for figures in load.figures.values())
     assert check_hour(load).success
     assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone() == (0,)
 
@@ -303,12 +364,72 @@ def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable
     assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone()[0] > 0
 
 
+def _tamper_fact_orders(damage: Any) -> Any:
+    """A `_transformed` that applies `damage` to fact_orders' first batch (between extraction
+    and the warehouse), as a faulty stage or COPY would."""
+    original = HourLoader._transformed
+
+    def transformed(self: Any, item: Any, stream: Any, schema: Any, deleted: Any) -> Any:
+        batches = original(self, item, stream, schema, deleted)
+        if item.plan.table.name != "fact_orders":
+            yield from batches
+            return
+        first = next(batches)
+        yield damage(first)
+        yield from batches
+
+    return transformed
+
+
+def _drop_last_row(batch: pa.RecordBatch) -> pa.RecordBatch:
+    return batch.slice(0, batch.num_rows - 1)
+
+
+def _add_a_cent_to_the_first_total(batch: pa.RecordBatch) -> pa.RecordBatch:
+    totals = batch.column("total").to_pylist()
+    totals[0] += Decimal("0.01")
+    index = batch.schema.get_field_index("total")
+    arrays = list(batch.columns)
+    arrays[index] = pa.array(totals, batch.schema.field(index).type)
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+@pytest.mark.parametrize(
+    ("damage", "figures"),
+    [
+        (_drop_last_row, {"rows", "pk_sum", "pk_hash_sum", "cents_total"}),
+        (_add_a_cent_to_the_first_total, {"cents_total"}),
+    ],
+)
+def test_rows_lost_or_changed_on_the_way_fail_the_reconciliation_naming_the_figure(
+    shop: Any,
+    warehouse: Any,
+    local_stack: Any,
+    own_schema: str,
+    monkeypatch: Any,
+    damage: Any,
+    figures: set[str],
+) -> None:
+    hour = _busiest_hour(shop)
+    monkeypatch.setattr(HourLoader, "_transformed", _tamper_fact_orders(damage))
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        load = _loader(shop, conn, r.s3, own_schema).run(hour)
+    outcome = check_hour(load)
+    assert not outcome.success
+    failed = {line.split("(", 1)[1].split(")", 1)[0] for line in outcome.failures}
+    assert figures <= failed
+    assert failed <= {"rows", "pk_sum", "pk_hash_sum", *(f"cents_{m}" for m in MONEY)}
+
+
 def test_a_source_connection_inside_a_transaction_is_refused(
     local_stack: Any, warehouse_shop: str
 ) -> None:
     with psycopg.connect(local_stack[0].app_conninfo(warehouse_shop)) as shop:
         loader = HourLoader(
-            shop=shop, warehouse=_Recorder(), engine="postgres", schema="x",
+            shop=shop, warehouse=RecordingConnection(), engine="postgres", schema="x",
             s3=S3Resource(), pseudonym_key=b"k" * 32,
         )  # fmt: skip
         with pytest.raises(ValueError, match=r"^shop: "):

@@ -33,8 +33,8 @@ def _hour(partition_key: str) -> datetime:
 
 
 def _metadata(load: HourLoad) -> dict[str, dg.MetadataValue]:
-    lines = ["| table | rows | staged object |", "|---|---:|---|"]
-    lines += [f"| {t.table.name} | {t.rows:,} | `{t.uri}` |" for t in load.tables]
+    lines = ["| table | rows | loaded | staged object |", "|---|---:|---|---|"]
+    lines += [f"| {t.table.name} | {t.rows:,} | {t.path} | `{t.uri}` |" for t in load.tables]
     ignored = {t.table.source_table: t.new_columns for t in load.tables if t.new_columns}
     metadata: dict[str, dg.MetadataValue] = {
         "rows": dg.MetadataValue.int(sum(t.rows for t in load.tables)),
