@@ -8,6 +8,9 @@ that, then the table is vacuumed), then, each in its own process and into an emp
 - ours:       HourLoader for that hour: extract in one snapshot, HMAC user keys, Parquet staged
               on S3, binary COPY into a temporary stage, lock, MERGE, reconciliation frame,
               commit; then, timed apart, the GX reconciliation check of the asset;
+- ours-mixed: the same hour into a warehouse that holds older versions of its 10% lowest keys
+              (as an hour of new orders plus changes to older ones): the new keys are
+              INSERTed, the changed rows MERGEd;
 - ours-rerun: the same hour loaded again (every row matched; nothing changes);
 - wr:         pandas.read_sql of the same rows, then awswrangler.postgresql.to_sql (pg8000).
 
@@ -41,7 +44,8 @@ from lifecycle_pipelines.local.stack import LocalStack
 
 HOUR = datetime(2026, 11, 20, 9, tzinfo=UTC)
 QUERY = "SELECT * FROM orders WHERE updated_at >= '{s}' AND updated_at < '{e}'"
-TOOLS = ("raw", "ours", "ours-rerun", "wr")
+TOOLS = ("raw", "ours", "ours-mixed", "ours-rerun", "wr")
+MIXED_EXISTING = 0.10  # ours-mixed: the share of the hour's keys the warehouse already holds
 
 
 def peak_rss_mib() -> float:
@@ -133,7 +137,7 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             extra["cpu"] = clock.spent()
             rows = wh.execute("SELECT count(*) FROM bench.raw_orders").fetchone()[0]
-    elif tool in ("ours", "ours-rerun"):
+    elif tool in ("ours", "ours-mixed", "ours-rerun"):
         import dagster as dg
 
         from lifecycle_pipelines.environments import resources_for
@@ -149,8 +153,10 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
                 shop=shop, warehouse=wh, engine="postgres", schema="analytics", s3=r.s3,
                 pseudonym_key=r.warehouse.pseudonym_key(), safety_lag=timedelta(0),
             )  # fmt: skip
-            if tool == "ours-rerun":
-                loader.run(HOUR)  # untimed: the hour is in the warehouse already
+            if tool != "ours":  # untimed: the hour is in the warehouse already
+                loader.run(HOUR)
+            if tool == "ours-mixed":
+                keep_older_versions_of_lowest_keys(wh)
             clock = CpuClock(state_dir)
             started = time.perf_counter()
             load = loader.run(HOUR)
@@ -185,6 +191,23 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
         rows = len(frame)
         con.close()
     return {"rows": rows, "seconds": seconds, "rss": peak_rss_mib(), **extra}
+
+
+def keep_older_versions_of_lowest_keys(wh: psycopg.Connection[Any]) -> None:
+    """Leave in fact_orders only the hour's lowest MIXED_EXISTING keys, each an older version
+    with another status (so the next load updates every one of them), vacuumed and analysed."""
+    cut = wh.execute(
+        "SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY order_id) FROM analytics.fact_orders",
+        (MIXED_EXISTING,),
+    ).fetchone()[0]
+    wh.execute("DELETE FROM analytics.fact_orders WHERE order_id > %s", (cut,))
+    wh.execute(
+        "UPDATE analytics.fact_orders SET status = 'pending', updated_at = updated_at - interval '1 day'"
+    )
+    wh.commit()
+    wh.autocommit = True
+    wh.execute("VACUUM ANALYZE analytics.fact_orders")
+    wh.autocommit = False
 
 
 def start_seeded(stack: LocalStack, orders: int) -> None:
@@ -245,7 +268,7 @@ def main() -> None:
                       f"reconciliation check: {r['check_seconds']:.2f} s, "
                       f"passed={r['check_passed']}")  # fmt: skip
         rate = {k: v["rows"] / v["seconds"] for k, v in results.items()}
-        for tool in ("ours", "ours-rerun"):
+        for tool in ("ours", "ours-mixed", "ours-rerun"):
             if tool in rate and "raw" in rate:
                 print(f"{tool}/raw COPY = {rate[tool] / rate['raw']:.2f}x (target 0.5x)")
         if "ours" in rate and "wr" in rate:

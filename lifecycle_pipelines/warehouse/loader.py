@@ -18,10 +18,10 @@
      - the target itself when every key of the hour is above the target's greatest key (a first
        load, a backfill into an empty range): nothing of them can be there, so no stage and no
        MERGE. The locks are then taken before the stream and the bound is read under them;
-     - otherwise a temporary stage shaped like the target. Under the locks, the staged rows above
-       the target's greatest key (an hour's new orders) are INSERTed without a join, and the rest
-       MERGEd: a row is updated only when the staged version is not older and something changed,
-       so re-running an hour writes nothing;
+     - otherwise a temporary stage shaped like the target. Under the locks, the staged rows at
+       or below the target's greatest key are MERGEd (a row is updated only when the staged
+       version is not older and something changed, so re-running an hour writes nothing) and
+       those above it (an hour's new orders) INSERTed without a join;
    - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET` into a stage, staged
      rows older than the warehouse's dropped, then MERGE.
    The warehouse then computes its reconciliation figures of the hour's keys in the same
@@ -805,8 +805,9 @@ class HourLoader:
         return direct
 
     def _insert_new_and_merge(self, cur: Any, item: _Staged) -> _Bound:
-        """PostgreSQL: read the target's greatest key (under the lock), INSERT the staged rows
-        above it (they cannot be in the target), MERGE the others. Returns the bound."""
+        """PostgreSQL: read the target's greatest key (under the lock), MERGE the staged rows at
+        or below it, then INSERT those above it (they cannot be in the target; after the MERGE,
+        whose join then sees only the rows that were there). Returns the bound."""
         table, names = item.plan.table, item.plan.names
         bound = self._greatest_key(cur, table)
         if bound.target_was_empty:
@@ -814,12 +815,12 @@ class HourLoader:
                 sql.insert_new(self.schema, table.name, item.stage, table.key, names, above=False)
             )
             return bound
-        insert = sql.insert_new(self.schema, table.name, item.stage, table.key, names, above=True)
-        cur.execute(insert, (bound.key,))
         merge = sql.merge_changed(
             self.schema, table.name, item.stage, table.key, names, table.version, up_to_key=True
         )
         cur.execute(merge, (bound.key,))
+        insert = sql.insert_new(self.schema, table.name, item.stage, table.key, names, above=True)
+        cur.execute(insert, (bound.key,))
         return bound
 
     def _warehouse_figures(
