@@ -22,14 +22,10 @@ from psycopg import sql as psql
 
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
-from lifecycle_pipelines.warehouse.loader import (
-    DDL_LOCK_NAMESPACE,
-    HourLoad,
-    HourLoader,
-    advisory_key,
-)
+from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
 from lifecycle_pipelines.warehouse.quality import check_hour
+from lifecycle_pipelines.warehouse.target import DDL_LOCK_NAMESPACE, advisory_key
 from tests.conftest import private_shop
 
 SHOP = "shop_warehouse_backfill_tests"

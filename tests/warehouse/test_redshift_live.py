@@ -27,8 +27,9 @@ import pytest
 
 from lifecycle_pipelines.resources import S3Resource
 from lifecycle_pipelines.warehouse import sql
-from lifecycle_pipelines.warehouse.loader import STAGING_BUCKET_SUFFIX, HourLoader
+from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.quality import check_hour
+from lifecycle_pipelines.warehouse.staging import STAGING_BUCKET_SUFFIX
 
 LIVE = {k: v for k, v in os.environ.items() if k.startswith(("REDSHIFT_", "AWS_"))}
 REQUIRED = ("REDSHIFT_COPY_ROLE_ARN", "REDSHIFT_STAGING_BUCKET_PREFIX")

@@ -1,0 +1,152 @@
+"""The warehouse side of an hourly load, on one cursor of the load's transaction: tables created
+under an advisory lock, the targets' greatest keys, MERGE (with the new keys INSERTed apart on
+PostgreSQL), the warehouse's reconciliation figures, soft-deleted users' rows, dim_date.
+
+The SQL text comes from `warehouse/sql.py`; which engine's statements run is decided here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lifecycle_pipelines.archive.stats import ReconStats
+from lifecycle_pipelines.warehouse import sql
+from lifecycle_pipelines.warehouse.model import DIM_DATE_COLUMNS, Engine, WarehouseTable
+
+PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
+DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
+
+
+def advisory_key(*names: str) -> int:
+    """A stable signed 64-bit key for `pg_advisory_xact_lock` from names (not Python's hash)."""
+    digest = hashlib.sha256("\x1f".join(names).encode()).digest()
+    return int(struct.unpack(">q", digest[:8])[0])
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A target's greatest key before the load's rows went in (read under the table lock);
+    None when the target was empty."""
+
+    key: Any
+
+    @property
+    def target_was_empty(self) -> bool:
+        return self.key is None
+
+
+class WarehouseTarget:
+    """The star schema `schema` of a warehouse reached by `conn` (psycopg for PostgreSQL,
+    redshift_connector for Redshift)."""
+
+    def __init__(self, conn: Any, engine: Engine, schema: str) -> None:
+        self.conn = conn
+        self.engine = engine
+        self.schema = schema
+
+    def create_tables(self, tables: list[tuple[WarehouseTable, list[tuple[str, str]]]]) -> None:
+        """CREATE SCHEMA / TABLE IF NOT EXISTS (each table with its columns, and dim_date),
+        committed. On PostgreSQL under an advisory lock per schema: two loads creating the same
+        table at once would otherwise collide."""
+        conn = self.conn
+        try:
+            with conn.cursor() as cur:
+                if self.engine == "postgres":
+                    cur.execute(
+                        "SELECT pg_advisory_xact_lock(%s)",
+                        (advisory_key(DDL_LOCK_NAMESPACE, self.schema),),
+                    )
+                cur.execute(sql.create_schema(self.schema))
+                for table, columns in tables:
+                    cur.execute(sql.create_table(self.schema, table.name, columns, table.key))
+                cur.execute(
+                    sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
+                )
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def lock(self, cur: Any, tables: list[str]) -> None:
+        """Lock the targets for the rest of the transaction: one statement, in the given order
+        (every load uses the same order, so loads cannot deadlock)."""
+        cur.execute(sql.lock_tables(self.schema, tables, self.engine))
+
+    def greatest_key(self, cur: Any, table: WarehouseTable) -> Bound:
+        cur.execute(sql.greatest_key(self.schema, table.name, table.key))
+        row = cur.fetchone()
+        return Bound(row[0] if row else None)
+
+    def insert_new_and_merge(
+        self, cur: Any, table: WarehouseTable, stage: str, names: list[str]
+    ) -> Bound:
+        """PostgreSQL: read the target's greatest key (under the lock), MERGE the staged rows at
+        or below it, then INSERT those above it (they cannot be in the target; after the MERGE,
+        whose join then sees only the rows that were there). Returns the bound."""
+        bound = self.greatest_key(cur, table)
+        if bound.target_was_empty:
+            cur.execute(
+                sql.insert_new(self.schema, table.name, stage, table.key, names, above=False)
+            )
+            return bound
+        merge = sql.merge_changed(
+            self.schema, table.name, stage, table.key, names, table.version, up_to_key=True
+        )
+        cur.execute(merge, (bound.key,))
+        insert = sql.insert_new(self.schema, table.name, stage, table.key, names, above=True)
+        cur.execute(insert, (bound.key,))
+        return bound
+
+    def merge_redshift(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
+        """Redshift: drop staged rows older than the warehouse's, then MERGE."""
+        if table.version:
+            cur.execute(sql.drop_older(self.schema, table.name, stage, table.key, table.version))
+        cur.execute(sql.merge(self.schema, table.name, stage, table.key, names))
+
+    def figures(
+        self, cur: Any, table: WarehouseTable, stage: str, bound: Bound | None
+    ) -> ReconStats:
+        """The reconciliation figures of the merged rows of the staged keys, computed by the
+        warehouse in one row (`sql.figures`; `sql.figures_split` after `insert_new_and_merge`
+        or a direct COPY, with their bound)."""
+        if bound is None:
+            cur.execute(sql.figures(self.schema, table, stage))
+        elif bound.target_was_empty:
+            cur.execute(sql.figures_split(self.schema, table, stage, target_was_empty=True))
+        else:
+            statement = sql.figures_split(self.schema, table, stage, target_was_empty=False)
+            cur.execute(statement, (bound.key, bound.key))
+        row = cur.fetchone()
+        return ReconStats(
+            rows=int(row[0]),
+            pk_sum=int(row[1]),
+            pk_hash_sum=int(row[2]),
+            money_cents={m: int(v) for m, v in zip(table.money, row[3:], strict=True)},
+        )
+
+    def purge(self, cur: Any, table: WarehouseTable, keys: list[str]) -> None:
+        """Delete the rows of soft-deleted users (bound keys, in chunks)."""
+        for start in range(0, len(keys), PURGE_CHUNK):
+            chunk = tuple(keys[start : start + PURGE_CHUNK])
+            cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
+
+    def merge_dates(self, cur: Any, keys: list[int]) -> None:
+        """Add the dim_date rows of the given YYYYMMDD keys (existing ones are rewritten the
+        same)."""
+        if not keys:
+            return
+        cur.execute(f"CREATE TEMP TABLE stage_dim_date (LIKE {sql.ident(self.schema, 'dim_date')})")
+        rows = []
+        for key in keys:
+            day = datetime.strptime(str(key), "%Y%m%d").date()
+            rows.append(
+                (key, day, day.year, (day.month - 1) // 3 + 1, day.month, day.day, day.isoweekday())
+            )
+        cur.executemany("INSERT INTO stage_dim_date VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+        columns = [c for c, _ in DIM_DATE_COLUMNS]
+        cur.execute(sql.merge(self.schema, "dim_date", "stage_dim_date", "date_key", columns))
+        cur.execute("DROP TABLE stage_dim_date")

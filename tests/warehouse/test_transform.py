@@ -1,0 +1,59 @@
+"""The hourly load's Arrow row transforms (pure functions, no store)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from lifecycle_pipelines.warehouse.model import DIM_USERS, FACT_ORDERS
+from lifecycle_pipelines.warehouse.transform import (
+    UserKeys,
+    date_keys,
+    is_user_dimension,
+    user_keys,
+    without_users,
+)
+
+KEY = b"k" * 32
+
+
+def _hmac(user_id: int) -> str:
+    return hmac.new(KEY, str(user_id).encode(), hashlib.sha256).hexdigest()
+
+
+def test_user_keys_are_the_hmac_of_each_id_and_null_stays_null() -> None:
+    ids = pa.array([7, None, 12, 7], pa.int64())
+    assert user_keys(ids, KEY).to_pylist() == [_hmac(7), None, _hmac(12), _hmac(7)]
+
+
+def test_user_keys_remember_ids_across_batches_and_accept_chunked_input() -> None:
+    keys = UserKeys(KEY)
+    first = keys(pa.chunked_array([[3, 4], [5]], pa.int64()))
+    second = keys(pa.array([5, 6, 3], pa.int32()))  # cast to int64; 5 and 3 are known
+    assert first.to_pylist() == [_hmac(3), _hmac(4), _hmac(5)]
+    assert second.to_pylist() == [_hmac(5), _hmac(6), _hmac(3)]
+    assert UserKeys(b"other" * 8)(pa.array([3])).to_pylist() != [_hmac(3)]
+
+
+def test_without_users_nulls_exactly_the_excluded_ids() -> None:
+    ids = pa.array([1, 2, None, 3, 2], pa.int64())
+    assert without_users(ids, [2]).to_pylist() == [1, None, None, 3, None]
+    assert without_users(ids, []).to_pylist() == ids.to_pylist()
+
+
+def test_date_keys_are_yyyymmdd_of_the_utc_day() -> None:
+    times = pa.array(
+        [datetime(2026, 1, 31, 23, 59, tzinfo=UTC), datetime(2024, 2, 29, 0, 0, tzinfo=UTC), None],
+        pa.timestamp("us", tz="UTC"),
+    )
+    keys = date_keys(times)
+    assert keys.type == pa.int32()
+    assert keys.to_pylist() == [20260131, 20240229, None]
+
+
+def test_only_the_user_dimension_is_keyed_by_the_user_key() -> None:
+    assert is_user_dimension(DIM_USERS)
+    assert not is_user_dimension(FACT_ORDERS)
