@@ -43,6 +43,16 @@ class S3Resource(AwsResource):
             return {}
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.sse_kms_key_id}
 
+    def object_args(self, storage_class: str, content_type: str) -> dict[str, Any]:
+        """The arguments every write of an object carries: storage class, content type, the
+        checksum algorithm and SSE-KMS."""
+        return {
+            "StorageClass": storage_class,
+            "ContentType": content_type,
+            "ChecksumAlgorithm": self.checksum_algorithm,
+            **self.encryption_args(),
+        }
+
     def put_bytes(
         self,
         bucket: str,
@@ -54,17 +64,8 @@ class S3Resource(AwsResource):
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """PutObject with SSE-KMS and a checksum; returns the S3 response (VersionId, ETag, ...)."""
-        args: dict[str, Any] = {
-            "Bucket": bucket,
-            "Key": key,
-            "Body": body,
-            "StorageClass": storage_class,
-            "ContentType": content_type,
-            "ChecksumAlgorithm": self.checksum_algorithm,
-            **self.encryption_args(),
-            **(extra or {}),
-        }
-        return dict(self.client("s3").put_object(**args))
+        args = {**self.object_args(storage_class, content_type), **(extra or {})}
+        return dict(self.client("s3").put_object(Bucket=bucket, Key=key, Body=body, **args))
 
     def put_file(
         self,
@@ -78,12 +79,7 @@ class S3Resource(AwsResource):
         """Upload a local file with SSE-KMS and a checksum: one PutObject below the multipart
         threshold (no transfer-manager threads to start), parallel parts above it."""
         client = self.client("s3")
-        extra: dict[str, Any] = {
-            "StorageClass": storage_class,
-            "ContentType": content_type,
-            "ChecksumAlgorithm": self.checksum_algorithm,
-            **self.encryption_args(),
-        }
+        extra = self.object_args(storage_class, content_type)
         threshold = self.multipart_threshold_mib * 1024 * 1024
         if path.stat().st_size < threshold:
             with path.open("rb") as body:

@@ -205,10 +205,8 @@ class HourLoader:
         self.safety_lag = safety_lag
         self.work_mem = work_mem
         self.object_prefix = object_prefix.strip("/")
-        self._source = HourSource(shop, use_psql)
-        self._target = WarehouseTarget(
-            warehouse, engine, schema
-        )  # use_psql None: psql when one is found
+        self._source = HourSource(shop, use_psql)  # use_psql None: psql when one is found
+        self._target = WarehouseTarget(warehouse, engine, schema)
         self.log = logger
         self.bucket = s3.bucket(STAGING_BUCKET_SUFFIX)
         # built now, not by the first upload: building a client is ~0.3 s of Python work, which
