@@ -3,8 +3,8 @@
 Order of work, each step idempotent and ledgered as it happens, so a crash anywhere is finished
 by running the request again:
 1. refuse a request that is not soft-deleted, not yet due, merged or unknown (nothing changes);
-2. an active legal hold defers the request (state `held`, reason in the ledger); lifting it lets
-   the next sweep resume;
+2. an active legal hold defers the request (state `held`, the reason in the ledger once per set
+   of holds: the daily sweep does not repeat it); lifting it lets the next sweep resume;
 3. each store's eraser runs in turn (archive first: destroying the subject's key protects every
    archived copy at once), every result appended to the ledger;
 4. every eraser is asked what remains; anything left fails the run before a certificate claims
@@ -116,19 +116,21 @@ def hard_delete(
     if not request.dry_run:
         outcome.holds = active_holds(control, subject.subject_id)
         if outcome.holds:
+            outcome.state = "held"
+            reason = "; ".join(f"hold {h.hold_id}: {h.reason}" for h in outcome.holds)
+            if request.state == "held" and request.hold_reason == reason:
+                return outcome  # deferred by the same holds already: recorded, nothing new
             with control.transaction():
                 control.execute(
                     "UPDATE lifecycle.erasure_requests SET state = 'held', hold_reason = %s,"
                     " updated_at = now() WHERE request_id = %s",
-                    ("; ".join(f"hold {h.hold_id}: {h.reason}" for h in outcome.holds),
-                     request.request_id),
-                )  # fmt: skip
+                    (reason, request.request_id),
+                )
                 for hold in outcome.holds:
                     _ledger(
                         control, request.request_id, "hold", "deferred by legal hold",
                         {"hold_id": hold.hold_id, "scope": hold.scope},
                     )  # fmt: skip
-            outcome.state = "held"
             return outcome
         if request.state == "held":
             _ledger(control, request.request_id, "hold", "resumed: no active hold", {})

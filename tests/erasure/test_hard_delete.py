@@ -259,6 +259,14 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
         still.asset_materializations_for_node("erasure_hard_delete")[0].metadata["state"].value
         == "held"
     )
+    deferrals = "SELECT count(*) FROM lifecycle.erasure_ledger WHERE request_id = %s"
+    recorded = control.execute(deferrals, (request.request_id,)).fetchone()
+    again = run_request(erasure_hard_delete, request.request_id)  # tomorrow's sweep, same hold
+    assert (
+        again.asset_materializations_for_node("erasure_hard_delete")[0].metadata["state"].value
+        == "held"
+    )
+    assert control.execute(deferrals, (request.request_id,)).fetchone() == recorded
     assert _user_exists(shop, subject)
     assert control.execute(
         "SELECT wrapped_key IS NOT NULL FROM lifecycle.subject_keys WHERE subject_id = %s",
