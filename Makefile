@@ -22,7 +22,7 @@ dev: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lifecycle_pipelines tests bench
-	$(VENV)/bin/mypy lifecycle_pipelines
+	$(VENV)/bin/mypy lifecycle_pipelines tests
 
 test: lint
 	$(VENV)/bin/pytest -q

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -33,6 +33,11 @@ def _assert_converged(
     archived_orders, archived_items = archived_orders_stats(control_conn, month)
     assert add(left_orders, archived_orders) == before[0]
     assert add(left_items, archived_items) == before[1]
+    orphans = control_conn.execute(  # a re-run replaced the month's objects and their index
+        "SELECT count(*) FROM lifecycle.subject_index s"
+        " LEFT JOIN lifecycle.archive_objects o USING (object_id) WHERE o.object_id IS NULL"
+    ).fetchone()
+    assert orphans == (0,)
 
 
 def test_crash_after_write_before_verification(
@@ -66,7 +71,7 @@ def test_crash_after_verification_before_purge(shop_conn: Any, control_conn: Any
 
     assert rerun.success
     metadata = rerun.asset_materializations_for_node("archive_orders")[0].metadata
-    assert "confirmed, not re-extracted" in metadata["summary"].value
+    assert "confirmed, not re-extracted" in cast(str, metadata["summary"].value)
     again = manifest.get_objects(control_conn, "orders", month)
     assert [e.version_id for e in again] == [e.version_id for e in first]
     _assert_converged(shop_conn, control_conn, month, before)

@@ -68,6 +68,7 @@ def test_retention_expiry_deletes_every_version_unless_held(
     for month in (expired_month, held_month):
         assert materialize(assets_of("user_activity"), month.isoformat()).success
     held = manifest.get_objects(control_conn, "user_activity", held_month)[0]
+    assert held.version_id is not None
     s3 = boto3.client("s3")
     s3.put_object_legal_hold(
         Bucket=held.bucket,

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import dagster as dg
@@ -86,6 +86,12 @@ def _read(entry: manifest.ObjectEntry) -> Any:
     return pq.read_table(io.BytesIO(body))
 
 
+def _first(row: tuple[Any, ...] | None) -> Any:
+    """The first column of a row that has to exist."""
+    assert row is not None
+    return row[0]
+
+
 def _text_hits(conn: Any, schema: str, needles: list[str]) -> int:
     """Rows of any table of `schema` whose text form contains one of the needles."""
     patterns = [f"%{n}%" for n in needles]
@@ -128,27 +134,31 @@ def world(local_stack: Any, erasure_databases: str) -> Iterator[World]:
     needles = [
         v
         for v in sorted(candidates)
-        if shop.execute(
-            "SELECT count(*) FROM users u LEFT JOIN addresses a USING (user_id)"
-            " WHERE u.user_id <> %s AND (u.email = %s OR u.full_name = %s OR u.phone = %s"
-            " OR a.line1 = %s)",
-            (int(subject), v, v, v, v),
-        ).fetchone()[0]
+        if _first(
+            shop.execute(
+                "SELECT count(*) FROM users u LEFT JOIN addresses a USING (user_id)"
+                " WHERE u.user_id <> %s AND (u.email = %s OR u.full_name = %s OR u.phone = %s"
+                " OR a.line1 = %s)",
+                (int(subject), v, v, v, v),
+            ).fetchone()
+        )
         == 0
     ]
     assert len(needles) >= 3
-    others_shipping = dict(
+    others_shipping: dict[int, str] = dict(
         shop.execute(
             "SELECT order_id, shipping_line1 FROM orders WHERE user_id = %s"
             " AND created_at >= '2025-03-01' AND created_at < '2025-04-01'",
             (int(other),),
         ).fetchall()
     )
-    archived_rows = shop.execute(
-        "SELECT count(*) FROM orders WHERE user_id = %s"
-        " AND date_trunc('month', created_at AT TIME ZONE 'UTC') IN ('2025-03-01', '2025-06-01')",
-        (int(subject),),
-    ).fetchone()[0]
+    archived_rows = _first(
+        shop.execute(
+            "SELECT count(*) FROM orders WHERE user_id = %s"
+            " AND date_trunc('month', created_at AT TIME ZONE 'UTC') IN ('2025-03-01', '2025-06-01')",
+            (int(subject),),
+        ).fetchone()
+    )
     # DynamoDB: a session and preferences of the subject. The tables are shared with the rest
     # of the session: the subject's seeded items are put back when the module is done.
     dynamodb = boto3.resource("dynamodb")
@@ -251,8 +261,8 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
     assert held.success
     metadata = held.asset_materializations_for_node("erasure_hard_delete")[0].metadata
     assert metadata["state"].value == "held"
-    assert "litigation LIT-7" in metadata["summary"].value
-    assert f"s3://{listed[0]}/{listed[1]}" in metadata["summary"].value
+    assert "litigation LIT-7" in cast(str, metadata["summary"].value)
+    assert f"s3://{listed[0]}/{listed[1]}" in cast(str, metadata["summary"].value)
     assert lift_hold(control, hold, "legal@shop.example")
     still = run_request(erasure_hard_delete, request.request_id)  # the object hold remains
     assert (
@@ -450,7 +460,7 @@ def test_a_database_restore_then_the_ledger_replay_leaves_the_subject_erased(
         assert _user_exists(shop, subject)  # the restore brought the subject back
         replay = _materialize([erasure_ledger_replay])
         metadata = replay.asset_materializations_for_node("erasure_ledger_replay")[0].metadata
-        assert metadata["items_erased_again"].value > 0
+        assert cast(int, metadata["items_erased_again"].value) > 0
         assert not _user_exists(shop, subject)
         assert _text_hits(shop, "public", world["needles"]) == 0
     ledger = control.execute(

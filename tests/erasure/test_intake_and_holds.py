@@ -4,7 +4,7 @@ append-only rule and tamper detection of the certificate chain."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import dagster as dg
@@ -58,8 +58,8 @@ def test_a_dry_run_reports_the_hard_delete_plan_and_changes_nothing(
     result = run_request(erasure_soft_delete, request.request_id)
     assert result.success
     metadata = result.asset_materializations_for_node("erasure_soft_delete")[0].metadata
-    assert metadata["hard_delete_items"].value > 0  # at least the user row and orders
-    assert "postgres.orders" in metadata["hard_delete_plan"].value
+    assert cast(int, metadata["hard_delete_items"].value) > 0  # at least the user row and orders
+    assert "postgres.orders" in cast(str, metadata["hard_delete_plan"].value)
     assert (
         shop.execute("SELECT u::text FROM users u WHERE user_id = %s", (subject,)).fetchone()
         == before
@@ -77,6 +77,7 @@ def test_an_unknown_subject_completes_with_a_no_data_found_certificate(
     metadata = result.asset_materializations_for_node("erasure_soft_delete")[0].metadata
     cert = certificate.get(control, request.request_id)
     assert cert is not None and metadata["certificate_sha256"].value == cert.sha256
+    assert cert.version_id is not None
     body = (
         boto3.client("s3")
         .get_object(Bucket=cert.bucket, Key=cert.object_key, VersionId=cert.version_id)["Body"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import dagster as dg
@@ -19,7 +19,7 @@ from tests.erasure.conftest import dynamodb_items_of, erasure_resources, put_bac
 def _subject_with_sessions(shop: Any) -> str:
     """A user with sessions who is still active in the shop (other tests erase some)."""
     sessions = boto3.resource("dynamodb").Table("Sessions").scan(Limit=50)["Items"]
-    users = sorted({int(s["userId"]) for s in sessions})
+    users = sorted({int(cast(str, s["userId"])) for s in sessions})
     row = shop.execute(
         "SELECT min(user_id) FROM users WHERE user_id = ANY(%s) AND deleted_at IS NULL", (users,)
     ).fetchone()

@@ -60,7 +60,7 @@ def test_invalid_size_names_the_field() -> None:
 
 
 def test_seeded_database_is_consistent(shop_conn: psycopg.Connection) -> None:
-    counts = dict(
+    counts: dict[str, int] = dict(
         shop_conn.execute(
             "SELECT 'orders', count(*) FROM orders UNION ALL SELECT 'users', count(*) FROM users"
         ).fetchall()

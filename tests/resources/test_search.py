@@ -6,6 +6,7 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -305,7 +306,7 @@ TABLE_BODY = {
         },
     }
 }
-AWKWARD_ROWS = [
+AWKWARD_ROWS: list[dict[str, Any]] = [
     {
         "product_id": 1,
         "name": 'Crème "Brûlée" \\ Torch\nXL',

@@ -53,7 +53,7 @@ def test_template_and_ism_policy_bodies(httpserver: HTTPServer) -> None:
     assert dict(put_policy.args) == {"if_seq_no": "7", "if_primary_term": "2"}
     template = bodies["PUT /_index_template/catalog-products"]
     assert template == index_template(rules)
-    assert template["template"]["mappings"]["dynamic"] == "strict"  # type: ignore[index]
+    assert template["template"]["mappings"]["dynamic"] == "strict"
 
 
 def test_throttled_items_are_retried_and_refused_ones_reported(httpserver: HTTPServer) -> None:

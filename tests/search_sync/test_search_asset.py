@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 import pytest
@@ -33,7 +33,9 @@ def test_daily_sync_materializes_with_passing_checks(
     metadata = result.asset_materializations_for_node("search_products")[0].metadata
     assert metadata["index"].value == "catalog-products-2026-11"
     assert metadata["rotated"].value is True
-    assert metadata["documents_in_index"].value == metadata["documents_upserted"].value > 0
+    assert (
+        metadata["documents_in_index"].value == cast(int, metadata["documents_upserted"].value) > 0
+    )
 
 
 def test_a_malformed_synonyms_file_fails_before_any_index_exists(

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
 from lifecycle_pipelines.search_sync.sync import ReconciliationError
 from tests.search_sync.conftest import make_sync
 
@@ -162,7 +163,7 @@ class _DocumentsOnly:
 
 
 def test_a_backend_without_tables_syncs_and_reconciles_the_same(
-    engine: Any, shop_conn: Any, control_conn: Any
+    engine: TantivyBackend, shop_conn: Any, control_conn: Any
 ) -> None:
     from lifecycle_pipelines.search_sync.sync import TableSink
 

@@ -190,7 +190,8 @@ def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
     # one key above and one below every key of `first`: both branches of the staged path
     moved = [max(keys) + 7, min(keys) - 7]
     schemas = {"hourly_load_forward": (first, second), "hourly_load_backward": (second, first)}
-    paths, content = {}, {}
+    paths: dict[str, list[dict[str, str]]] = {}
+    content: dict[str, list[tuple[Any, ...]]] = {}
     try:
         with (
             _restamped(shop, moved, second + timedelta(minutes=10)),

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -160,7 +161,7 @@ def test_backfill_hours_race_to_create_the_tables_and_merge_like_one_after_the_o
     ddl = advisory_key(DDL_LOCK_NAMESPACE, PARALLEL)
     admin.execute("SELECT pg_advisory_lock(%s)", (ddl,))
     try:
-        running = _Loads([lambda h=h: load(PARALLEL, h) for h in (first, second, third, first)])
+        running = _Loads([partial(load, PARALLEL, h) for h in (first, second, third, first)])
         _wait_for_waiters(
             admin,
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
@@ -191,7 +192,7 @@ def test_concurrent_merges_of_different_and_identical_hours_serialise_on_the_tab
     with admin.transaction():
         admin.execute(f"LOCK TABLE {dim_users} IN SHARE ROW EXCLUSIVE MODE")
         hours = (first, second, third, second)
-        running = _Loads([lambda h=h: load(PARALLEL, h) for h in hours])
+        running = _Loads([partial(load, PARALLEL, h) for h in hours])
         _wait_for_waiters(
             admin,
             "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass AND NOT granted",
