@@ -16,11 +16,9 @@ from werkzeug import Request, Response
 from lifecycle_pipelines.resources.search import IndexNotFound
 from lifecycle_pipelines.resources.search.base import SearchOperationError, index_pattern
 from lifecycle_pipelines.resources.search.opensearch import OpenSearchBackend
-from lifecycle_pipelines.resources.search.tantivy_backend import (
-    TantivyBackend,
-    _int_id,
-    _table_documents,
-)
+from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
+from lifecycle_pipelines.resources.search.tantivy_documents import table_documents
+from lifecycle_pipelines.resources.search.tantivy_schema import int_id
 
 # Read at import: the session fixture removes OPENSEARCH_* before tests run.
 LIVE_OPENSEARCH_URL = os.environ.get("OPENSEARCH_URL")
@@ -366,7 +364,7 @@ def test_tantivy_table_documents_equal_the_per_document_path(tmp_path: Path) -> 
     _, kinds = backend._index("t")
     plan = backend._plan(kinds)
     table = pa.Table.from_pylist(AWKWARD_ROWS, schema=TABLE_SCHEMA)
-    built = _table_documents(table, "product_id", plan, kinds)
+    built = table_documents(table, "product_id", plan, kinds)
     assert built is not None
     ids, documents = built
     assert list(ids) == [1, 2, 3, 4]
@@ -377,19 +375,19 @@ def test_tantivy_table_documents_equal_the_per_document_path(tmp_path: Path) -> 
     bell = table.set_column(1, "name", pa.array(["ring\x07"] * 4))
     nan = table.set_column(3, "price", pa.array([float("nan")] * 4))
     for odd in (bell, nan, table.set_column(0, "product_id", pa.array(["a", "b", "c", "d"]))):
-        assert _table_documents(odd, "product_id", plan, kinds) is None
+        assert table_documents(odd, "product_id", plan, kinds) is None
     assert backend.bulk_upsert_table("t", bell, "product_id").indexed == 4
     assert backend.search("t", "ring", ["name"])[0].source["name"] == "ring\x07"
 
 
 def test_only_canonical_integer_ids_get_the_integer_column() -> None:
-    assert [_int_id(i) for i in ("42", "-7", "0", "9223372036854775807")] == [
+    assert [int_id(i) for i in ("42", "-7", "0", "9223372036854775807")] == [
         42,
         -7,
         0,
         2**63 - 1,
     ]
-    assert [_int_id(i) for i in ("042", "+7", "4_2", "٣", " 1", "9223372036854775808", "a")] == [
+    assert [int_id(i) for i in ("042", "+7", "4_2", "٣", " 1", "9223372036854775808", "a")] == [
         None
     ] * 7
 

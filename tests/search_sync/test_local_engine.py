@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend, expand_query
+from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
+from lifecycle_pipelines.resources.search.tantivy_schema import expand_query
 from lifecycle_pipelines.search_sync.index_config import index_body, load_synonyms
 
 DOCS = [

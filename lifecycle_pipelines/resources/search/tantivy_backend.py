@@ -7,30 +7,27 @@ replaced atomically. Custom tokenizers are registered again every time an index 
 
 Bulk loads: `bulk_session(index)` keeps one writer open across bulk calls and commits once at
 the end (or at `refresh`); `bulk_upsert_table` writes a whole Arrow table with its documents
-built column-wise by Arrow kernels; `scan_versions` reads ids and a date field back from fast
-columns instead of decoding every stored document.
+built column-wise by Arrow kernels (`tantivy_documents.py`); `scan_versions` reads ids and a
+date field back from fast columns instead of decoding every stored document. Analyzers and the
+schema made from a mapping are in `tantivy_schema.py`.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import fcntl
 import json
 import os
 import re
 import shutil
-import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import tantivy
 
 from lifecycle_pipelines.resources.search.base import (
@@ -40,220 +37,32 @@ from lifecycle_pipelines.resources.search.base import (
     SearchHit,
     index_pattern,
 )
+from lifecycle_pipelines.resources.search.tantivy_documents import table_documents, table_pairs
+from lifecycle_pipelines.resources.search.tantivy_schema import (
+    CONVERTERS,
+    FUZZY_MIN_LENGTH,
+    ID_FIELD,
+    ID_INT_FIELD,
+    LANGUAGE_ANALYZERS,
+    NGRAM_MAX,
+    SOURCE_FIELD,
+    FieldPlan,
+    edge_grams,
+    expand_query,
+    int_id,
+    language_field,
+    micros_field,
+    micros_of,
+    ngram_field,
+    register_analyzers,
+    schema_from_mapping,
+    synonym_rules,
+    words,
+)
 
-TEXT_ANALYZER = "lp_text"
-NGRAM_ANALYZER = "lp_edge_ngram"  # indices built before precomputed grams
-GRAMS_ANALYZER = "lp_grams"  # indices built before word grams: precomputed grams, whitespace
-WORD_GRAMS_ANALYZER = "lp_word_grams"  # each value is one folded word; its 2-15 prefixes
-ID_FIELD = "_id"
-SOURCE_FIELD = "_source"
-# fast columns, not part of the mapping: the id as an integer (when it is one) and every date
-# field in microseconds (tantivy's own date columns keep seconds only)
-ID_INT_FIELD = "_id__int"
 SCAN_PAGE = 200_000  # documents per page of `scan_versions`
 BUILD_ROWS = 5_000  # rows per column-wise build of `bulk_upsert_table`
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 _VALID_INDEX = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-
-NGRAM_MIN, NGRAM_MAX = 2, 15
-FUZZY_MIN_LENGTH = 4
-_WORD = re.compile(r"\w+")
-
-
-def _words(text: str) -> list[str]:
-    """Lower-cased, accent-folded words of `text` (the n-gram analyzer's normalisation)."""
-    folded = unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
-    return [w for w in _WORD.findall(folded) if len(w) >= NGRAM_MIN]
-
-
-def micros_field(name: str) -> str:
-    """The fast column holding date field `name` in microseconds since the epoch."""
-    return f"{name}__micros"
-
-
-def _micros(value: Any) -> int | None:
-    """Microseconds since the epoch of an ISO-8601 timestamp with an offset (what tantivy
-    accepts for a date field), or None."""
-    try:
-        parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return (parsed - _EPOCH) // _MICROSECOND
-
-
-def _int_id(doc_id: str) -> int | None:
-    """The document id as a 64-bit integer when it is one written canonically ("42", "-7";
-    not "042", "+7" or "4_2"), as `str` writes the integer ids of a table."""
-    try:
-        number = int(doc_id)
-    except ValueError:
-        return None
-    return number if str(number) == doc_id and -(2**63) <= number < 2**63 else None
-
-
-def edge_grams(text: str) -> str:
-    """Every word's edge n-grams (2-15 characters), space-separated: what OpenSearch's
-    edge_ngram filter emits, built once in Python and indexed with a whitespace tokenizer."""
-    return " ".join(
-        word[:size]
-        for word in _words(text)
-        for size in range(NGRAM_MIN, min(len(word), NGRAM_MAX) + 1)
-    )
-
-
-LANGUAGE_ANALYZERS = ("english", "german", "french", "spanish", "italian", "dutch")
-
-
-def language_field(name: str, language: str) -> str:
-    """The tantivy field holding text field `name` analysed for `language`."""
-    return f"{name}__{language}"
-
-
-def _register_analyzers(index: tantivy.Index) -> None:
-    for language in LANGUAGE_ANALYZERS:
-        analyzer = (
-            tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-            .filter(tantivy.Filter.lowercase())
-            .filter(tantivy.Filter.ascii_fold())
-            .filter(tantivy.Filter.stopword(language))
-            .filter(tantivy.Filter.stemmer(language))
-            .build()
-        )
-        index.register_tokenizer(f"lp_{language}", analyzer)
-    text = (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.simple())
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.ascii_fold())
-        .filter(tantivy.Filter.stemmer("english"))
-        .build()
-    )
-    ngram = (
-        tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.ngram(NGRAM_MIN, NGRAM_MAX, prefix_only=True))
-        .filter(tantivy.Filter.lowercase())
-        .filter(tantivy.Filter.ascii_fold())
-        .build()
-    )
-    index.register_tokenizer(TEXT_ANALYZER, text)
-    index.register_tokenizer(NGRAM_ANALYZER, ngram)
-    index.register_tokenizer(
-        GRAMS_ANALYZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build()
-    )
-    # values are words already lower-cased and folded (`_words`): prefixes of 2-15 characters
-    word_grams = tantivy.Tokenizer.ngram(NGRAM_MIN, NGRAM_MAX, prefix_only=True)
-    index.register_tokenizer(WORD_GRAMS_ANALYZER, tantivy.TextAnalyzerBuilder(word_grams).build())
-
-
-def synonym_rules(body: Mapping[str, Any]) -> list[tuple[list[str], list[str]]]:
-    """(sources, targets) pairs from the synonym filters of an OpenSearch index body; an
-    equivalence line `a, b, c` maps every term to all of them."""
-    filters = body.get("settings", {}).get("analysis", {}).get("filter", {})
-    rules: list[tuple[list[str], list[str]]] = []
-    for spec in filters.values():
-        if spec.get("type") not in ("synonym", "synonym_graph"):
-            continue
-        for line in spec.get("synonyms", []):
-            if "=>" in line:
-                left, right = line.split("=>", 1)
-                targets = [t.strip().lower() for t in right.split(",") if t.strip()]
-                rules.append(([t.strip().lower() for t in left.split(",") if t.strip()], targets))
-            else:
-                terms = [t.strip().lower() for t in line.split(",") if t.strip()]
-                rules.append((terms, terms))
-    return rules
-
-
-def expand_query(query: str, rules: list[tuple[list[str], list[str]]]) -> list[str]:
-    """The query and its synonym variants (OpenSearch applies synonyms at search time; the
-    local engine expands the query instead)."""
-    lowered = f" {' '.join(_WORD.findall(query.lower()))} "
-    variants = [query]
-    for sources, targets in rules:
-        for source in sources:
-            needle = f" {' '.join(_WORD.findall(source))} "
-            if needle.strip() and needle in lowered:
-                for target in targets:
-                    if target != source:
-                        variants.append(lowered.replace(needle, f" {target} ").strip())
-    return list(dict.fromkeys(variants))
-
-
-def ngram_field(name: str) -> str:
-    """The tantivy field holding the edge n-grams of text field `name`."""
-    return f"{name}__ngram"
-
-
-def _schema_from_mapping(properties: Mapping[str, Any]) -> tuple[tantivy.Schema, dict[str, str]]:
-    builder = tantivy.SchemaBuilder()
-    builder.add_text_field(ID_FIELD, stored=True, tokenizer_name="raw", fast=True)
-    builder.add_bytes_field(SOURCE_FIELD, stored=True)
-    builder.add_integer_field(ID_INT_FIELD, fast=True)
-    kinds: dict[str, str] = {ID_INT_FIELD: "id_int"}
-    for name, spec in properties.items():
-        kind = str(spec.get("type", "object"))
-        if kind == "text":
-            builder.add_text_field(name, tokenizer_name=TEXT_ANALYZER)
-            for sub in (spec.get("fields") or {}).values():
-                analyzer = str(sub.get("analyzer", ""))
-                if "ngram" in analyzer:
-                    # only ever searched by term: no positions
-                    builder.add_text_field(
-                        ngram_field(name), tokenizer_name=WORD_GRAMS_ANALYZER, index_option="freq"
-                    )
-                    kinds[ngram_field(name)] = "word_grams"
-                elif analyzer in LANGUAGE_ANALYZERS:
-                    field = language_field(name, analyzer)
-                    builder.add_text_field(field, tokenizer_name=f"lp_{analyzer}")
-                    kinds[field] = "language"
-        elif kind == "keyword":
-            builder.add_text_field(name, tokenizer_name="raw", fast=True)
-        elif kind in ("integer", "long", "short"):
-            builder.add_integer_field(name, indexed=True, fast=True)
-        elif kind in ("float", "double", "scaled_float", "half_float"):
-            builder.add_float_field(name, indexed=True, fast=True)
-        elif kind == "boolean":
-            builder.add_boolean_field(name, indexed=True, fast=True)
-        elif kind == "date":
-            builder.add_date_field(name, indexed=True, fast=True)
-            builder.add_integer_field(micros_field(name), fast=True)
-            kinds[micros_field(name)] = "micros"
-        else:
-            continue
-        kinds[name] = kind
-    return builder.build(), kinds
-
-
-_CONVERTERS: dict[str, Any] = {
-    "text": str,
-    "keyword": lambda v: [str(x) for x in v] if isinstance(v, list) else str(v),
-    "integer": int,
-    "long": int,
-    "short": int,
-    "float": float,
-    "double": float,
-    "scaled_float": float,
-    "half_float": float,
-    "boolean": bool,
-    "date": str,
-}
-_INTEGER_KINDS = ("integer", "long", "short")
-_FLOAT_KINDS = ("float", "double", "scaled_float", "half_float")
-
-
-@dataclass(frozen=True)
-class _FieldPlan:
-    """How one source field becomes tantivy fields."""
-
-    name: str
-    kind: str
-    convert: Any
-    languages: tuple[str, ...]  # language sub-fields taking the same text
-    grams: str | None  # the n-gram sub-field
-    word_grams: bool  # the n-gram sub-field takes words (else precomputed grams)
-    micros: str | None  # the microseconds column of a date field
 
 
 @dataclass
@@ -280,175 +89,6 @@ class _Session:
         new = self.fresh and ascending and (self.high is None or int(keys[0]) > self.high)
         self.saw(int(keys.max()))
         return new
-
-
-def _fits(kind: str, kind_type: pa.DataType) -> bool:
-    """Whether an Arrow column of `kind_type` maps onto field `kind` exactly as the
-    per-document converters would."""
-    text = pa.types.is_string(kind_type) or pa.types.is_large_string(kind_type)
-    if kind in ("text", "date"):
-        return text
-    if kind == "keyword":
-        return text or (pa.types.is_list(kind_type) and (pa.types.is_string(kind_type.value_type)))
-    if kind in _INTEGER_KINDS:
-        return pa.types.is_integer(kind_type)
-    if kind in _FLOAT_KINDS:
-        return pa.types.is_floating(kind_type) or pa.types.is_integer(kind_type)
-    if kind == "boolean":
-        return pa.types.is_boolean(kind_type)
-    return False
-
-
-def _join(*parts: Any) -> Any:
-    """Values (arrays or constant strings) concatenated row by row, as large strings (a batch
-    may exceed 2 GiB of text); null where any is null."""
-    large = pa.large_string()
-    return pc.binary_join_element_wise(
-        *(pa.scalar(p, large) if isinstance(p, str) else p.cast(large) for p in parts),
-        pa.scalar("", large),
-    )
-
-
-def _or(values: Any, text: str) -> Any:
-    """`values` with nulls replaced by `text`."""
-    return values if values.null_count == 0 else pc.fill_null(values, text)
-
-
-def _join_lists(lists: Any, separator: str) -> Any:
-    """The items of each list joined with `separator`."""
-    return pc.binary_join(lists, pa.scalar(separator, lists.type.value_type))
-
-
-def _json_text(column: Any) -> Any:
-    """JSON string literals of a string column (nulls stay null); None when a value holds a
-    control character other than tab, newline and carriage return."""
-    if not pc.any(pc.match_substring_regex(column, '[\\\\"\\x00-\\x1f]')).as_py():
-        return _join('"', column, '"')  # nothing to escape (the common case): one pass
-    text = pc.replace_substring(column, "\\", "\\\\")
-    text = pc.replace_substring(text, '"', '\\"')
-    for char, escaped in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
-        text = pc.replace_substring(text, char, escaped)
-    if pc.any(pc.match_substring_regex(text, "[\\x00-\\x1f]")).as_py():
-        return None
-    return _join('"', text, '"')
-
-
-def _json_values(column: Any) -> Any:
-    """The JSON text of each value of a column as `json.dumps` writes it (nulls stay null);
-    None for a type without a column-wise form or a value JSON cannot hold (NaN)."""
-    kind = column.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return _json_text(column)
-    if pa.types.is_boolean(kind) or pa.types.is_integer(kind):
-        return pc.cast(column, pa.string())
-    if pa.types.is_floating(kind):
-        if not pc.all(pc.is_finite(pc.fill_null(column, 0.0))).as_py():
-            return None
-        text = pc.cast(pc.cast(column, pa.float64()), pa.string())
-        whole = pc.match_substring_regex(text, "^-?[0-9]+$")
-        return pc.if_else(whole, _join(text, ".0"), text)  # 45.0, not 45
-    if pa.types.is_list(kind) and pa.types.is_string(kind.value_type):
-        items = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        flat = _json_text(items.values)
-        if flat is None:
-            return None
-        lists = pa.ListArray.from_arrays(items.offsets, flat, mask=items.is_null())
-        return _join("[", _join_lists(lists, ","), "]")
-    return None
-
-
-def _base64(texts: Any) -> pa.LargeStringArray:
-    """Base64 of each value, encoded in one call: every value is padded with spaces to a
-    multiple of 3 bytes, so the boundaries of the concatenation and of its base64 line up
-    (JSON allows trailing spaces)."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    texts = texts.cast(pa.large_string())
-    lengths = pc.binary_length(texts).to_numpy(zero_copy_only=False)
-    padded = _join(texts, pa.array(["", "  ", " "]).take(pa.array(lengths % 3)))
-    if isinstance(padded, pa.ChunkedArray):
-        padded = padded.combine_chunks()
-    _, offsets_buffer, data = padded.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[
-        padded.offset : padded.offset + len(padded) + 1
-    ]
-    encoded = binascii.b2a_base64(
-        memoryview(data if data is not None else b"")[offsets[0] : offsets[-1]], newline=False
-    )
-    starts = (offsets - offsets[0]) // 3 * 4
-    return pa.LargeStringArray.from_buffers(
-        len(padded), pa.py_buffer(starts.astype(np.int64)), pa.py_buffer(encoded)
-    )
-
-
-def _words_column(texts: Any) -> Any:
-    """`_words` column-wise: lower case, NFKD, non-ASCII dropped, split at non-word runs
-    (words of one character stay: the n-gram tokenizer makes nothing of them)."""
-    if pc.all(pc.string_is_ascii(texts)).as_py() is not False:
-        folded = pc.ascii_lower(texts)
-    else:
-        folded = pc.replace_substring_regex(
-            pc.utf8_normalize(pc.utf8_lower(texts), "NFKD"), "[^\\x00-\\x7f]+", ""
-        )
-    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(folded, "[^0-9A-Za-z_]+", " "))
-    return pc.split_pattern(spaced, " ")
-
-
-def _table_documents(
-    table: pa.Table, id_column: str, plan: list[_FieldPlan], kinds: Mapping[str, str]
-) -> tuple[np.ndarray, pa.LargeStringArray] | None:
-    """(ids, tantivy JSON documents) of the rows of `table`, built with Arrow string kernels
-    (no Python object per value): the same documents `TantivyBackend._document` writes. None
-    when a column's type does not map directly onto its field, a value needs the
-    per-document path (a control character, NaN) or the ids are not integers."""
-    ids = table.column(id_column)
-    if not pa.types.is_integer(ids.type) or ids.null_count:
-        return None
-    fields = {field.name: field for field in plan}
-    id_text = pc.cast(ids, pa.string())
-    head: list[Any] = ['{"_id":"', id_text, '"']
-    if ID_INT_FIELD in kinds:
-        head += [f",{json.dumps(ID_INT_FIELD)}:", id_text]
-    source: list[Any] = []
-    tail: list[Any] = []
-    for name in table.column_names:
-        column = table.column(name)
-        field = fields.get(name)
-        if field is not None and not _fits(field.kind, column.type):
-            return None
-        if field is not None and field.kind in _FLOAT_KINDS:
-            column = pc.cast(column, pa.float64())  # float(value)
-        value = _json_values(column)
-        if value is None:
-            return None
-        source += ["," if source else "{", json.dumps(name), ":", _or(value, "null")]
-        if field is None:
-            continue  # kept in _source only, as on the per-document path
-        copies: list[Any] = []
-        for target in (name, *field.languages):
-            copies += [f",{json.dumps(target)}:", value]
-        tail.append(_or(_join(*copies), ""))
-        if field.grams is not None:
-            if not field.word_grams:
-                return None
-            words = _join_lists(_words_column(column), '","')
-            tail.append(_or(_join(f',{json.dumps(field.grams)}:["', words, '"]'), ""))
-        if field.micros is not None:
-            try:
-                stamps = pc.cast(column, pa.timestamp("us", tz="UTC"))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                return None
-            micros = pc.cast(pc.cast(stamps, pa.int64()), pa.string())
-            tail.append(_or(_join(f",{json.dumps(field.micros)}:", micros), ""))
-    if not source:
-        source = ["{"]
-    encoded = _base64(_join(*source, "}"))
-    documents = _join(*head, f',"{SOURCE_FIELD}":"', encoded, '"', *tail, "}")
-    return ids.to_numpy(), documents
-
-
-def _table_pairs(table: pa.Table, id_column: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(str(row[id_column]), row) for row in table.to_pylist()]
 
 
 class TantivyBackend:
@@ -495,7 +135,7 @@ class TantivyBackend:
                 stored.get("body", {}).get("mappings", {}).get("properties", {})
             )
             opened = tantivy.Index.open(str(path))
-            _register_analyzers(opened)
+            register_analyzers(opened)
             self._open[index] = (opened, kinds)
         return self._open[index]
 
@@ -510,10 +150,10 @@ class TantivyBackend:
         if self.index_exists(index):
             raise ValueError(f"index: {index!r} already exists")
         properties = body.get("mappings", {}).get("properties", {})
-        schema, kinds = _schema_from_mapping(properties)
+        schema, kinds = schema_from_mapping(properties)
         path.mkdir(parents=True, exist_ok=True)
         created = tantivy.Index(schema, path=str(path))
-        _register_analyzers(created)
+        register_analyzers(created)
         (path / "mapping.json").write_text(json.dumps({"body": body, "kinds": kinds}))
         self._open[index] = (created, kinds)
         self._synonyms[index] = synonym_rules(body)
@@ -599,12 +239,12 @@ class TantivyBackend:
 
     # -- documents -------------------------------------------------------------------------
     @staticmethod
-    def _plan(kinds: dict[str, str]) -> list[_FieldPlan]:
+    def _plan(kinds: dict[str, str]) -> list[FieldPlan]:
         """Per source field: its converter, the language copies, the n-gram field and the
         microseconds column."""
         plan = []
         for name, kind in kinds.items():
-            if kind not in _CONVERTERS:
+            if kind not in CONVERTERS:
                 continue
             languages = tuple(
                 language_field(name, lang)
@@ -614,10 +254,10 @@ class TantivyBackend:
             grams = ngram_field(name) if kind == "text" and ngram_field(name) in kinds else None
             micros = micros_field(name) if micros_field(name) in kinds else None
             plan.append(
-                _FieldPlan(
+                FieldPlan(
                     name,
                     kind,
-                    _CONVERTERS[kind],
+                    CONVERTERS[kind],
                     languages,
                     grams,
                     kinds.get(grams or "") == "word_grams",
@@ -628,14 +268,14 @@ class TantivyBackend:
 
     @staticmethod
     def _document(
-        doc_id: str, source: Mapping[str, Any], plan: list[_FieldPlan], int_ids: bool
+        doc_id: str, source: Mapping[str, Any], plan: list[FieldPlan], int_ids: bool
     ) -> str:
         """The tantivy JSON document of one source document (one call into tantivy per doc)."""
         doc: dict[str, Any] = {
             ID_FIELD: doc_id,
             SOURCE_FIELD: base64.b64encode(json.dumps(source, default=str).encode()).decode(),
         }
-        number = _int_id(doc_id) if int_ids else None
+        number = int_id(doc_id) if int_ids else None
         if number is not None:
             doc[ID_INT_FIELD] = number
         for field in plan:
@@ -646,9 +286,9 @@ class TantivyBackend:
             for copy in field.languages:
                 doc[copy] = value
             if field.grams is not None:
-                doc[field.grams] = _words(value) if field.word_grams else edge_grams(value)
+                doc[field.grams] = words(value) if field.word_grams else edge_grams(value)
             if field.micros is not None:
-                micros = _micros(value)
+                micros = micros_of(value)
                 if micros is not None:
                     doc[field.micros] = micros
         return json.dumps(doc)
@@ -690,7 +330,7 @@ class TantivyBackend:
                 continue
             result.indexed += 1
             if session is not None:
-                session.saw(_int_id(doc_id))
+                session.saw(int_id(doc_id))
 
     def bulk_upsert_table(self, index: str, table: pa.Table, id_column: str) -> BulkResult:
         """`bulk_upsert` of the rows of an Arrow table (id: column `id_column`; source: every
@@ -712,9 +352,9 @@ class TantivyBackend:
         result = BulkResult()
         with self._writer(index) as (writer, session):
             for start in range(0, table.num_rows, BUILD_ROWS):
-                built = _table_documents(table.slice(start, BUILD_ROWS), id_column, plan, kinds)
+                built = table_documents(table.slice(start, BUILD_ROWS), id_column, plan, kinds)
                 if built is None:
-                    rest = _table_pairs(table.slice(start), id_column)
+                    rest = table_pairs(table.slice(start), id_column)
                     self._upsert_documents(index, writer, session, rest, result)
                     break
                 keys, documents = built
@@ -810,7 +450,7 @@ class TantivyBackend:
             parsed, _errors = opened.parse_query_lenient(variant, text_fields)
             clauses.append((tantivy.Occur.Should, parsed))
             for name in fields:
-                for word in _words(variant):
+                for word in words(variant):
                     if ngram_field(name) in kinds:
                         term = tantivy.Query.term_query(schema, ngram_field(name), word[:NGRAM_MAX])
                         clauses.append((tantivy.Occur.Should, term))
