@@ -32,22 +32,19 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from psycopg import IsolationLevel, sql
 
 from lifecycle_pipelines.archive import manifest
-from lifecycle_pipelines.archive.columns import TableShape, check_child, check_parent
+from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.crypto import (
     ENCRYPTION_SCHEME,
     PERSONAL_COLUMN,
-    UNATTRIBUTED,
     SubjectKeyring,
     encrypt_personal,
 )
@@ -63,10 +60,15 @@ from lifecycle_pipelines.archive.extract import (
 from lifecycle_pipelines.archive.plan import (
     ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
-    check_eligible,
     object_key,
 )
+from lifecycle_pipelines.archive.scope import (
+    check_shapes,
+    month_relation,
+    parent_key_range,
+)
 from lifecycle_pipelines.archive.stats import ReconStats, parts_source_stats
+from lifecycle_pipelines.archive.subject_lookups import SubjectKeyLookups
 from lifecycle_pipelines.archive.verify import (
     ObjectFigures,
     file_figures,
@@ -144,77 +146,6 @@ def _return_freed_memory() -> None:
     pa.set_memory_pool(pool)
 
 
-def check_partition(
-    data_type: str, policy: DataTypePolicy, partition_key: str, today: date
-) -> ArchiveMonth:
-    """Parse and check a partition key; PartitionError if unknown, malformed or too recent."""
-    month = ArchiveMonth.parse(data_type, partition_key)
-    check_eligible(month, policy, today)
-    return month
-
-
-def check_shapes(conn: Any, data_type: str, policy: DataTypePolicy) -> list[TableShape]:
-    """The parent and child shapes checked against the policy (ArchiveConfigError if wrong)."""
-    parent = check_parent(conn, data_type, policy)
-    return [parent] + [
-        check_child(conn, data_type, i, child, parent) for i, child in enumerate(policy.children)
-    ]
-
-
-def _relation(
-    shape: TableShape,
-    parent: TableShape,
-    month: ArchiveMonth,
-    parent_keys: tuple[int, int] | None = None,
-) -> tuple[sql.Composable, sql.Composable]:
-    """(FROM clause, WHERE clause) selecting the month's rows of `shape` (literals only).
-
-    A child is selected through its parent's month; `parent_keys`, the (lowest, highest) key of
-    the month's parents as extracted in the same snapshot, adds the redundant condition
-    `foreign key BETWEEN lowest AND highest`, which lets PostgreSQL read the child through its
-    foreign-key index instead of scanning the whole table every month (the join still decides
-    which rows belong to the month)."""
-    start, end = sql.Literal(month.start), sql.Literal(month.end)
-    if shape.foreign_key is None:
-        assert shape.time_column is not None
-        rel = sql.SQL("{} AS t").format(sql.Identifier(shape.schema, shape.table))
-        time_col = sql.Identifier("t", shape.time_column)
-    else:
-        assert parent.time_column is not None
-        rel = sql.SQL("{} AS t JOIN {} AS p ON t.{} = p.{}").format(
-            sql.Identifier(shape.schema, shape.table),
-            sql.Identifier(parent.schema, parent.table),
-            sql.Identifier(shape.foreign_key),
-            sql.Identifier(parent.primary_key),
-        )
-        time_col = sql.Identifier("p", parent.time_column)
-    where = sql.SQL("{c} >= {s} AND {c} < {e}").format(c=time_col, s=start, e=end)
-    if shape.foreign_key is not None and parent_keys is not None:
-        where = sql.SQL("{w} AND t.{fk} BETWEEN {lo} AND {hi}").format(
-            w=where,
-            fk=sql.Identifier(shape.foreign_key),
-            lo=sql.Literal(parent_keys[0]),
-            hi=sql.Literal(parent_keys[1]),
-        )
-    return rel, where
-
-
-def _parent_key_range(conn: Any, parent: TableShape, month: ArchiveMonth) -> tuple[int, int] | None:
-    """The lowest and highest key of the month's parents, by SQL in the snapshot of `conn`
-    (None for an empty month): the bounds of `_relation`'s redundant child condition.
-
-    The keys are read through the time index (`OFFSET 0` keeps PostgreSQL from answering
-    min/max by walking the primary key index until a row of the month turns up, which reads
-    every older row)."""
-    rel, where = _relation(parent, parent, month)
-    row = conn.execute(
-        sql.SQL(
-            "SELECT min(k), max(k) FROM (SELECT t.{pk} AS k FROM {rel} WHERE {w} OFFSET 0) AS q"
-        ).format(pk=sql.Identifier(parent.primary_key), rel=rel, w=where)
-    ).fetchone()
-    return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
-
-
 def _keys_table(shape: TableShape, batch: pa.RecordBatch) -> pa.Table:
     pk = batch.column(shape.primary_key)
     version = (
@@ -245,42 +176,6 @@ class _RunContext:
     recorder: ThreadPoolExecutor
     record: manifest.WrittenPartition
     recorded: list[Future[Any]] = field(default_factory=list)
-
-
-class _SubjectKeys:
-    """The subject keys of the month, looked up (or created) by a thread of their own while
-    the extraction goes on: each batch's new subjects are requested as the batch arrives, and
-    the encryption of a row group waits only for what it still lacks."""
-
-    def __init__(self, pool: ThreadPoolExecutor | None, keyring: SubjectKeyring | None) -> None:
-        self._pool = pool
-        self._keyring = keyring
-        self._keys: dict[str, bytes | None] = {}
-        self._requested: set[str] = set()
-        self._pending: list[Future[dict[str, bytes | None]]] = []
-
-    def request(self, column: pa.ChunkedArray) -> None:
-        """Start looking up the keys of the subjects in `column` not requested yet."""
-        if self._pool is None or self._keyring is None:
-            return
-        subjects = pc.unique(pc.cast(column, pa.string()).fill_null(UNATTRIBUTED)).to_pylist()
-        new = [s for s in subjects if s not in self._requested]
-        if new:
-            self._requested.update(new)
-            self._pending.append(self._pool.submit(self._keyring.keys, new, create=True))
-
-    def known(self) -> dict[str, bytes | None]:
-        """Every key requested so far (waits for the lookups still running)."""
-        for future in self._pending:
-            self._keys.update(future.result())
-        self._pending = []
-        return self._keys
-
-    def fetch(self, keyring: SubjectKeyring, subjects: list[str]) -> dict[str, bytes | None]:
-        """Keys of subjects that were not requested (looked up now, on `keyring`)."""
-        found = keyring.keys(subjects, create=True)
-        self._keys.update(found)
-        return found
 
 
 class MonthArchiver:
@@ -445,12 +340,12 @@ class MonthArchiver:
                 side_conn.execute,
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)),
             )
-            parent_keys = side.submit(_parent_key_range, side_conn, parent, self.month)
+            parent_keys = side.submit(parent_key_range, side_conn, parent, self.month)
             subject_keys = self._subject_keys(run, parent)
             pending: list[tuple[TableShape, list[StagedPart], Future[Any]]] = []
             for shape in shapes:
                 bounds = None if shape is parent else parent_keys.result()
-                rel, where = _relation(shape, parent, self.month, bounds)
+                rel, where = month_relation(shape, parent, self.month, bounds)
                 stored: list[Future[StoredPart]] = []
                 encrypt = None
                 if shape.personal_columns and shape.subject_column:
@@ -523,21 +418,23 @@ class MonthArchiver:
             keys_writer.close()
         return tables, keys_path
 
-    def _subject_keys(self, run: _RunContext, parent: TableShape) -> _SubjectKeys:
+    def _subject_keys(self, run: _RunContext, parent: TableShape) -> SubjectKeyLookups:
         """The month's subject keys, looked up on a control connection and thread of their own
         (autocommit: a new key is durable before anything is encrypted with it)."""
         if not (parent.personal_columns and parent.subject_column):
-            return _SubjectKeys(None, None)
+            return SubjectKeyLookups(None, None)
         keys_conn = self.control.connect(autocommit=True)
         run.stack.callback(keys_conn.close)
         pool = run.stack.enter_context(ThreadPoolExecutor(1, "archive-subject-keys"))
-        return _SubjectKeys(pool, SubjectKeyring(keys_conn, self.s3.client("kms"), self.kms_key_id))
+        return SubjectKeyLookups(
+            pool, SubjectKeyring(keys_conn, self.s3.client("kms"), self.kms_key_id)
+        )
 
     def _encrypt(
         self,
         shape: TableShape,
         keyring: SubjectKeyring,
-        subject_keys: _SubjectKeys,
+        subject_keys: SubjectKeyLookups,
         table: pa.Table,
     ) -> pa.Table:
         """`table` (one row group) with its personal columns encrypted."""

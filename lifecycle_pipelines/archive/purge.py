@@ -27,10 +27,10 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from lifecycle_pipelines.archive import manifest
-from lifecycle_pipelines.archive.archiver import check_shapes
 from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.manifest import PartitionEntry
 from lifecycle_pipelines.archive.plan import ArchiveMonth
+from lifecycle_pipelines.archive.scope import check_shapes
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.migrations import apply_migrations
 from lifecycle_pipelines.policy import DataTypePolicy

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from lifecycle_pipelines.archive.archiver import ArchiveResult, MonthArchiver, check_partition
+from lifecycle_pipelines.archive.archiver import ArchiveResult, MonthArchiver
 from lifecycle_pipelines.archive.glue import register_partition
 from lifecycle_pipelines.archive.purge import purge_partition
+from lifecycle_pipelines.archive.scope import check_partition
 from lifecycle_pipelines.checks.gx import CHECK_NAMES
 from lifecycle_pipelines.checks.results import check_result
 from lifecycle_pipelines.errors import retry_transient

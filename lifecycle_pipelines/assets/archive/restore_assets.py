@@ -8,13 +8,13 @@ the manifest (SHA-256, then the GX suite with the manifest's figures).
 
 import dagster as dg
 
-from lifecycle_pipelines.archive.archiver import check_shapes
 from lifecycle_pipelines.archive.restore_test import (
     open_test,
     restore_progress,
     start_restore_test,
     verify_restore_test,
 )
+from lifecycle_pipelines.archive.scope import check_shapes
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.policy import load_policy
