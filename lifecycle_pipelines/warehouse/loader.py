@@ -14,14 +14,18 @@
 4. One warehouse transaction loads every table, then MERGEs under the tables' locks (taken in
    one statement, one fixed order):
    - PostgreSQL: the batches already in memory are sent as they stream through
-     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back), into:
-     - the target itself when every key of the hour is above the target's greatest key (a first
-       load, a backfill into an empty range): nothing of them can be there, so no stage and no
-       MERGE. The locks are then taken before the stream and the bound is read under them;
-     - otherwise a temporary stage shaped like the target. Under the locks, the staged rows at
-       or below the target's greatest key are MERGEd (a row is updated only when the staged
-       version is not older and something changed, so re-running an hour writes nothing) and
-       those above it (an hour's new orders) INSERTed without a join;
+     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back). Rows whose key is
+     above the target's greatest key cannot be in the target; the locks are taken before the
+     stream and the bound read under them when that holds for
+     - every row of the hour (a first load, a backfill into an empty range): the rows go
+       straight into the target, no stage, no MERGE ("direct");
+     - at least half of them (new orders with changes to older ones): those rows go straight
+       into the target, the others are spooled to a local file, COPYed into a temporary stage
+       after the stream and MERGEd ("split");
+     otherwise every row goes into a temporary stage shaped like the target and, under the
+     locks, the rows at or below the target's greatest key are MERGEd and those above it
+     INSERTed without a join ("staged"). The MERGE updates a row only when the staged version
+     is not older and something changed, so re-running an hour writes nothing;
    - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET` into a stage, staged
      rows older than the warehouse's dropped, then MERGE.
    The warehouse then computes its reconciliation figures of the hour's keys in the same
@@ -46,6 +50,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -87,6 +92,7 @@ from lifecycle_pipelines.warehouse.transform import (
 log = logging.getLogger(__name__)
 PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
 PARQUET_QUEUE_BATCHES = 4  # batches waiting for the background Parquet writer
+SPOOL_CHUNK_BYTES = 1 << 20  # a split load's spooled rows go to the stage in chunks of this
 DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
 
 
@@ -104,7 +110,8 @@ class TableLoad:
     source: ReconStats
     new_columns: list[str] = field(default_factory=list)
     excluded: int = 0  # rows of soft-deleted users: not loaded (dim_users) or without user key
-    path: str = "staged"  # "direct": COPYed into the target (every key new); "staged": MERGEd
+    path: str = "staged"  # "direct": COPYed into the target (every key new); "split": new keys
+    # COPYed into the target, the others staged and MERGEd; "staged": staged, INSERTed or MERGEd
 
 
 @dataclass
@@ -153,12 +160,19 @@ class _Staged:
     stage: str
     deleted: pa.Array | None  # soft-deleted users among the rows (tables with a user key)
     stats: ReconStats | None = None  # the source's figures, computed beside the extraction
-    direct: Bound | None = None  # COPYed straight into the target (every key above the bound)
+    direct: Bound | None = None  # rows with a key above it are COPYed straight into the target
+    split: bool = False  # with `direct`: the rows at or below the bound go through a stage
     rows: int = 0
     excluded: int = 0
     uri: str = ""
     purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
     dates: set[int] = field(default_factory=set)
+
+    @property
+    def path(self) -> str:
+        if self.direct is None:
+            return "staged"
+        return "split" if self.split else "direct"
 
     @property
     def source(self) -> ReconStats:
@@ -213,6 +227,7 @@ class HourLoader:
         # on the upload thread would hold the GIL against the streaming thread
         s3.client("s3")
         self._user_keys = UserKeys(pseudonym_key)
+        self._profiles: dict[tuple[str, Any], bool | None] = {}  # the routes of the current load
 
     @property
     def use_psql(self) -> bool | None:
@@ -265,7 +280,7 @@ class HourLoader:
                     item.source,
                     item.plan.new,
                     item.excluded,
-                    "direct" if item.direct is not None else "staged",
+                    item.path,
                 )
             )
             if item.excluded:
@@ -298,7 +313,7 @@ class HourLoader:
                     direct = self._direct_tables(cur, plans, hour, end)
                     for plan in plans:
                         item = self._staged(plan, hour, end)
-                        item.direct = direct.get(plan.table.name)
+                        item.direct, item.split = direct.get(plan.table.name, (None, False))
                         staged.append(item)
                         figures = self._figures_beside_stream(side, plan, hour, end)
                         uploads.append(self._stream_into_stage(cur, item, hour, end, folder, pool))
@@ -372,16 +387,18 @@ class HourLoader:
             table, stage = item.plan.table, item.stage
             bound: Bound | None = item.direct
             if bound is not None:
-                pass  # the rows went straight into the target as they streamed
+                if item.split:  # the new keys went straight into the target as they streamed
+                    target.merge_staged(cur, table, stage, item.plan.names)
             elif self.engine == "postgres":
                 bound = target.insert_new_and_merge(cur, table, stage, item.plan.names)
             else:
                 target.merge_redshift(cur, table, stage, item.plan.names)
             clock.lap("merge")
             if table.reconciled:
-                result.figures[table.name] = target.figures(cur, table, stage, bound)
+                staged_rows = None if item.direct is not None and not item.split else stage
+                result.figures[table.name] = target.figures(cur, table, staged_rows, bound)
                 clock.lap("reconciliation_figures")
-            if item.direct is None:
+            if item.direct is None or item.split:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)
             dates.update(item.dates)
@@ -480,28 +497,49 @@ class HourLoader:
         pool: ThreadPoolExecutor,
     ) -> Future[str]:
         """Create the stage and COPY the hour's batches into it as they are extracted (binary,
-        sent by a writer thread), or into the target itself for a direct table; the same batches
-        are written to Parquet and uploaded by `pool`'s single worker (in order, at most a few
-        batches behind). Returns the upload."""
+        sent by a writer thread), or into the target itself for a direct table (for a split one,
+        only the rows above the bound: the others are spooled to a local file and COPYed into
+        the stage after the stream); the same batches are written to Parquet and uploaded by
+        `pool`'s single worker (in order, at most a few batches behind). Returns the upload."""
         plan = item.plan
+        columns = [name for name, _ in BinaryCopyEncoder.copy_order(plan.columns)]
         into: tuple[str, ...] = (self.schema, plan.table.name)
         if item.direct is None:
             cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
             into = (item.stage,)
-        order = BinaryCopyEncoder.copy_order(plan.columns)
-        encoder = BinaryCopyEncoder(order)
+        encoder = BinaryCopyEncoder(BinaryCopyEncoder.copy_order(plan.columns))
         parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
         pending: deque[Future[None]] = deque()
-        statement = sql.copy_binary(into, [name for name, _ in order])
-        with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
-            copy.write(HEADER)
-            with closing(self._batches(item, hour, end)) as batches:
-                for batch in batches:
-                    pending.append(pool.submit(parquet.write, batch))
-                    copy.write(encoder.encode(batch))
-                    while len(pending) > PARQUET_QUEUE_BATCHES or (pending and pending[0].done()):
-                        pending.popleft().result()
-            copy.write(TRAILER)
+        with ExitStack() as stack:
+            spool = None
+            if item.split and item.direct is not None:
+                spool = stack.enter_context(tempfile.TemporaryFile(dir=folder))
+                spool.write(HEADER)
+                bound = item.direct.key
+            statement = sql.copy_binary(into, columns)
+            with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
+                copy.write(HEADER)
+                with closing(self._batches(item, hour, end)) as batches:
+                    for batch in batches:
+                        pending.append(pool.submit(parquet.write, batch))
+                        if spool is None:
+                            copy.write(encoder.encode(batch))
+                        else:
+                            new = pc.greater(batch.column(plan.table.key), bound)
+                            copy.write(encoder.encode(batch.filter(new)))
+                            spool.write(encoder.encode(batch.filter(pc.invert(new))))
+                        while len(pending) > PARQUET_QUEUE_BATCHES or (
+                            pending and pending[0].done()
+                        ):
+                            pending.popleft().result()
+                copy.write(TRAILER)
+            if spool is not None:
+                spool.write(TRAILER)
+                spool.seek(0)
+                cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+                with cur.copy(sql.copy_binary((item.stage,), columns)) as copy:
+                    while chunk := spool.read(SPOOL_CHUNK_BYTES):
+                        copy.write(chunk)
         key = stage_object_key(self.object_prefix, plan.table.name, hour)
 
         def upload() -> str:  # runs after the writes (one worker, in order)
@@ -519,36 +557,46 @@ class HourLoader:
 
     def _direct_tables(
         self, cur: Any, plans: list[_Plan], hour: datetime, end: datetime
-    ) -> dict[str, Bound]:
-        """The tables whose every row of the hour has a key above the warehouse's greatest key
-        (the hour's new orders during a backfill into an empty range, a first load): nothing of
-        them can be in the target, so their rows are COPYed straight into it as they stream, no
-        stage and no MERGE. That needs the targets' locks before the stream, so they are taken
-        here (one statement, the same fixed order as `_merge_all`) when some table qualifies,
-        and the bound is read again under them. Tables whose key is derived (the user key) are
-        always staged."""
-        candidates: dict[str, Any] = {}
+    ) -> dict[str, tuple[Bound, bool]]:
+        """The tables whose new rows go straight into the target as they stream, with their
+        bound (the target's greatest key) and whether the rest is split off to a stage.
+
+        Rows with a key above the target's greatest key cannot be in it: they are COPYed
+        straight into the target, no stage and no MERGE. When that is every row of the hour (a
+        first load, a backfill into an empty range) nothing else is done ("direct"); when it is
+        at least half (an hour of new orders and changes to older ones) the others are spooled
+        and MERGEd from a stage after the stream ("split"); otherwise the table is staged. This
+        needs the targets' locks before the stream, so they are taken here (one statement, the
+        same fixed order as `_merge_all`) when some table qualifies, and the bound is read
+        again under them. Tables whose key is derived (the user key) are always staged."""
+        self._profiles = {}
+        candidates: set[str] = set()
         for plan in plans:
             table = plan.table
             if table.key not in table.taken:
                 continue
             bound = self._target.greatest_key(cur, table)
-            if bound.target_was_empty:
-                candidates[table.name] = None
-                continue
-            least = self._source.least_key(table, hour, end)
-            if least is not None and least > bound.key:
-                candidates[table.name] = least
+            if bound.target_was_empty or self._route(plan, hour, end, bound) is not None:
+                candidates.add(table.name)
         if not candidates:
             return {}
         names = [plan.table.name for plan in plans] + ["dim_date"]
         self._target.lock(cur, names)
-        direct: dict[str, Bound] = {}
+        direct: dict[str, tuple[Bound, bool]] = {}
         for plan in plans:
             if plan.table.name not in candidates:
                 continue
             bound = self._target.greatest_key(cur, plan.table)
-            least = candidates[plan.table.name]
-            if bound.target_was_empty or (least is not None and least > bound.key):
-                direct[plan.table.name] = bound
+            split = False if bound.target_was_empty else self._route(plan, hour, end, bound)
+            if split is not None:
+                direct[plan.table.name] = (bound, split)
         return direct
+
+    def _route(self, plan: _Plan, hour: datetime, end: datetime, bound: Bound) -> bool | None:
+        """For a non-empty target: False when every row of the hour is above `bound`, True when
+        at least half are (split), None when fewer are (staged). One source query per bound."""
+        memo = (plan.table.name, bound.key)
+        if memo not in self._profiles:
+            _, above, rows = self._source.key_profile(plan.table, hour, end, bound.key)
+            self._profiles[memo] = False if above == rows else (True if 2 * above >= rows else None)
+        return self._profiles[memo]

@@ -139,8 +139,10 @@ class HourSource:
         )
         return pa.array([int(row[0]) for row in self.shop.execute(query).fetchall()], pa.int64())
 
-    def least_key(self, table: WarehouseTable, hour: datetime, end: datetime) -> Any:
-        """The least key among the table's rows of the hour (None when there are none)."""
-        query = warehouse_sql.least_key(relation(table), table.key, hour_filter(hour, end))
-        row = self.shop.execute(query).fetchone()
-        return None if row is None else row[0]
+    def key_profile(
+        self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
+    ) -> tuple[Any, int, int]:
+        """(least key, rows with a key above `bound`, rows) of the table's rows of the hour."""
+        query = warehouse_sql.key_profile(relation(table), table.key, hour_filter(hour, end))
+        row = self.shop.execute(query, (bound,)).fetchone()
+        return (None, 0, 0) if row is None else (row[0], int(row[1]), int(row[2]))

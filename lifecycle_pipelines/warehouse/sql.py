@@ -136,11 +136,13 @@ def copy_binary(table: tuple[str, ...], columns: list[str]) -> str:
     return f"COPY {ident(*table)} ({names}) FROM STDIN (FORMAT binary)"
 
 
-def least_key(relation: sql.Composable, key: str, where: sql.Composable) -> sql.Composable:
-    """The least key of the source rows of the hour. The `OFFSET 0` fence keeps PostgreSQL from
-    answering min() by walking the key's index until a row of the hour turns up."""
+def key_profile(relation: sql.Composable, key: str, where: sql.Composable) -> sql.Composable:
+    """The least key of the source rows of the hour, how many of them have a key above the bound
+    parameter, and how many there are. The `OFFSET 0` fence keeps PostgreSQL from answering
+    min() by walking the key's index until a row of the hour turns up."""
     return sql.SQL(
-        "SELECT min(k) FROM (SELECT {key} AS k FROM {rel} WHERE {w} OFFSET 0) AS hour"
+        "SELECT min(k), count(*) FILTER (WHERE k > %s), count(*)"
+        " FROM (SELECT {key} AS k FROM {rel} WHERE {w} OFFSET 0) AS hour"
     ).format(key=sql.Identifier("t", key), rel=relation, w=where)
 
 
@@ -173,18 +175,24 @@ def figures(schema: str, table: WarehouseTable, stage: str) -> str:
     )
 
 
-def figures_split(schema: str, table: WarehouseTable, stage: str, *, target_was_empty: bool) -> str:
-    """The same figures after `insert_new` (PostgreSQL): the warehouse rows above the bound
-    parameter (the greatest key before the load; under the table lock only this load can have
-    written them) plus those at most it that a staged version reached. Parameters: the key
-    twice. When the target was empty, every warehouse row is this load's (no parameter)."""
+def figures_split(
+    schema: str, table: WarehouseTable, stage: str | None, *, target_was_empty: bool
+) -> str:
+    """The same figures after rows went into the target without a stage or by `insert_new`
+    (PostgreSQL): the warehouse rows above the bound parameter (the greatest key before the
+    load; under the table lock only this load can have written them), plus, when some rows were
+    staged (`stage`), those at most it that a staged version reached. Parameters: the key, and
+    again with a stage. When the target was empty, every warehouse row is this load's (no
+    parameter)."""
     target = ident(schema, table.name)
     if target_was_empty:
         return f"SELECT {_figure_columns(table)} FROM {target} t"
     key = ident(table.key)
+    above = f"SELECT * FROM {target} WHERE {key} > %s"
+    if stage is None:
+        return f"SELECT {_figure_columns(table)} FROM ({above}) t"
     return (
-        f"SELECT {_figure_columns(table)} FROM ("
-        f"SELECT * FROM {target} WHERE {key} > %s UNION ALL "
+        f"SELECT {_figure_columns(table)} FROM ({above} UNION ALL "
         f"SELECT * FROM {target} t WHERE t.{key} <= %s AND {_staged_reached(table, stage)}) t"
     )
 

@@ -101,6 +101,12 @@ class WarehouseTarget:
         cur.execute(insert, (bound.key,))
         return bound
 
+    def merge_staged(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
+        """PostgreSQL: MERGE every staged row (the changed rows of a split load)."""
+        cur.execute(
+            sql.merge_changed(self.schema, table.name, stage, table.key, names, table.version)
+        )
+
     def merge_redshift(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
         """Redshift: drop staged rows older than the warehouse's, then MERGE."""
         if table.version:
@@ -108,18 +114,21 @@ class WarehouseTarget:
         cur.execute(sql.merge(self.schema, table.name, stage, table.key, names))
 
     def figures(
-        self, cur: Any, table: WarehouseTable, stage: str, bound: Bound | None
+        self, cur: Any, table: WarehouseTable, stage: str | None, bound: Bound | None
     ) -> ReconStats:
-        """The reconciliation figures of the merged rows of the staged keys, computed by the
-        warehouse in one row (`sql.figures`; `sql.figures_split` after `insert_new_and_merge`
-        or a direct COPY, with their bound)."""
+        """The reconciliation figures of the hour's rows as the warehouse now holds them,
+        computed by the warehouse in one row: `sql.figures` over the staged keys when there is
+        no bound (Redshift); with the bound of `insert_new_and_merge` or of a direct or split
+        COPY, `sql.figures_split` (`stage` None: nothing was staged)."""
         if bound is None:
+            if stage is None:
+                raise ValueError(f"{table.name}: figures without a bound need the stage")
             cur.execute(sql.figures(self.schema, table, stage))
         elif bound.target_was_empty:
             cur.execute(sql.figures_split(self.schema, table, stage, target_was_empty=True))
         else:
             statement = sql.figures_split(self.schema, table, stage, target_was_empty=False)
-            cur.execute(statement, (bound.key, bound.key))
+            cur.execute(statement, (bound.key,) if stage is None else (bound.key, bound.key))
         row = cur.fetchone()
         return ReconStats(
             rows=int(row[0]),

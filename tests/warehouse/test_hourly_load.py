@@ -178,9 +178,10 @@ def _restamped(shop: Any, orders: list[int], at: datetime) -> Iterator[None]:
 def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
     shop: Any, warehouse: Any, local_stack: Any
 ) -> None:
-    """The first hour into an empty schema is COPYed straight into the targets; a later hour with
-    keys at or below a target's greatest key is staged: its keys above it INSERTed, the others
-    MERGEd. Both orders end with the same warehouse, every load reconciled."""
+    """The first hour into an empty schema is COPYed straight into the targets; a later hour
+    with at least half of its keys above a target's greatest key is split (those COPYed into the
+    target, the others MERGEd from a stage); one with fewer is staged (MERGEd, new keys
+    INSERTed). Both orders end with the same warehouse, every load reconciled."""
     middle = shop.execute(
         "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY order_id) FROM orders"
     )
@@ -213,10 +214,13 @@ def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
     assert content["hourly_load_forward"] == content["hourly_load_backward"]
     assert content["hourly_load_forward"][0][0] == len(keys) + len(moved)
     for schema in schemas:
-        first_load, second_load = paths[schema]
+        first_load = paths[schema][0]
         assert first_load["fact_orders"] == first_load["dim_products"] == "direct"
         assert first_load["dim_users"] == "staged"  # a derived key is always staged
-        assert second_load["fact_orders"] == "staged"
+    # `second` after `first`: one key above the bound, one below: half new, so split
+    assert paths["hourly_load_forward"][1]["fact_orders"] == "split"
+    # `first` after `second`: every key below the bound: staged, MERGEd
+    assert paths["hourly_load_backward"][1]["fact_orders"] == "staged"
 
 
 def test_a_new_source_column_is_reported_not_dropped(shop: Any) -> None:
