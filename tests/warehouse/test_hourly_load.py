@@ -190,7 +190,12 @@ def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
     second = datetime(2021, 3, 1, 5, tzinfo=UTC)  # no order of the seeded shop is this old
     # one key above and one below every key of `first`: both branches of the staged path
     moved = [max(keys) + 7, min(keys) - 7]
-    schemas = {"hourly_load_forward": (first, second), "hourly_load_backward": (second, first)}
+    last = _busiest_hour(shop)  # the shop's newest keys: above every key of the other two
+    assert min(_order_ids(shop, last)) > max(moved)
+    schemas = {
+        "hourly_load_forward": (first, second, last),
+        "hourly_load_backward": (second, first, last),
+    }
     paths: dict[str, list[dict[str, str]]] = {}
     content: dict[str, list[tuple[Any, ...]]] = {}
     try:
@@ -212,7 +217,9 @@ def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
         for schema in schemas:
             warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     assert content["hourly_load_forward"] == content["hourly_load_backward"]
-    assert content["hourly_load_forward"][0][0] == len(keys) + len(moved)
+    assert content["hourly_load_forward"][0][0] == len(keys) + len(moved) + len(
+        _order_ids(shop, last)
+    )
     for schema in schemas:
         first_load = paths[schema][0]
         assert first_load["fact_orders"] == first_load["dim_products"] == "direct"
@@ -221,6 +228,8 @@ def test_hours_in_either_order_land_the_same_rows_direct_or_staged(
     assert paths["hourly_load_forward"][1]["fact_orders"] == "split"
     # `first` after `second`: every key below the bound: staged, MERGEd
     assert paths["hourly_load_backward"][1]["fact_orders"] == "staged"
+    for schema in schemas:  # every key new, into a warehouse that holds rows already
+        assert paths[schema][2]["fact_orders"] == "direct"
 
 
 def test_a_new_source_column_is_reported_not_dropped(shop: Any) -> None:
