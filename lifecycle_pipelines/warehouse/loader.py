@@ -169,6 +169,11 @@ class _Staged:
     dates: set[int] = field(default_factory=set)
 
     @property
+    def has_stage(self) -> bool:
+        """Whether rows went through the temporary stage (staged and split loads)."""
+        return self.direct is None or self.split
+
+    @property
     def path(self) -> str:
         if self.direct is None:
             return "staged"
@@ -227,7 +232,6 @@ class HourLoader:
         # on the upload thread would hold the GIL against the streaming thread
         s3.client("s3")
         self._user_keys = UserKeys(pseudonym_key)
-        self._profiles: dict[tuple[str, Any], bool | None] = {}  # the routes of the current load
 
     @property
     def use_psql(self) -> bool | None:
@@ -395,10 +399,10 @@ class HourLoader:
                 target.merge_redshift(cur, table, stage, item.plan.names)
             clock.lap("merge")
             if table.reconciled:
-                staged_rows = None if item.direct is not None and not item.split else stage
-                result.figures[table.name] = target.figures(cur, table, staged_rows, bound)
+                via = stage if item.has_stage else None
+                result.figures[table.name] = target.figures(cur, table, via, bound)
                 clock.lap("reconciliation_figures")
-            if item.direct is None or item.split:
+            if item.has_stage:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)
             dates.update(item.dates)
@@ -452,17 +456,17 @@ class HourLoader:
         shape = self._shape(plan)
         schema = self._schema(plan)
         with closing(self._source.rows(shape, table, hour, end)) as stream:
-            yield from self._transformed(item, stream, schema, item.deleted)
+            yield from self._transformed(item, stream, schema)
 
     def _transformed(
         self,
         item: _Staged,
         stream: Iterator[pa.RecordBatch],
         schema: pa.Schema,
-        deleted: pa.Array | None,
     ) -> Iterator[pa.RecordBatch]:
         table = item.plan.table
         keys = self._user_keys
+        deleted = item.deleted
         for batch in stream:
             if is_user_dimension(table):
                 gone = pc.is_valid(batch.column("deleted_at"))
@@ -502,12 +506,13 @@ class HourLoader:
         the stage after the stream); the same batches are written to Parquet and uploaded by
         `pool`'s single worker (in order, at most a few batches behind). Returns the upload."""
         plan = item.plan
-        columns = [name for name, _ in BinaryCopyEncoder.copy_order(plan.columns)]
+        order = BinaryCopyEncoder.copy_order(plan.columns)
+        columns = [name for name, _ in order]
         into: tuple[str, ...] = (self.schema, plan.table.name)
         if item.direct is None:
             cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
             into = (item.stage,)
-        encoder = BinaryCopyEncoder(BinaryCopyEncoder.copy_order(plan.columns))
+        encoder = BinaryCopyEncoder(order)
         parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
         pending: deque[Future[None]] = deque()
         with ExitStack() as stack:
@@ -569,14 +574,14 @@ class HourLoader:
         needs the targets' locks before the stream, so they are taken here (one statement, the
         same fixed order as `_merge_all`) when some table qualifies, and the bound is read
         again under them. Tables whose key is derived (the user key) are always staged."""
-        self._profiles = {}
+        routes: dict[tuple[str, Any], bool | None] = {}  # one source query per table and bound
         candidates: set[str] = set()
         for plan in plans:
             table = plan.table
             if table.key not in table.taken:
                 continue
             bound = self._target.greatest_key(cur, table)
-            if bound.target_was_empty or self._route(plan, hour, end, bound) is not None:
+            if bound.target_was_empty or self._route(plan, hour, end, bound, routes) is not None:
                 candidates.add(table.name)
         if not candidates:
             return {}
@@ -587,16 +592,23 @@ class HourLoader:
             if plan.table.name not in candidates:
                 continue
             bound = self._target.greatest_key(cur, plan.table)
-            split = False if bound.target_was_empty else self._route(plan, hour, end, bound)
+            split = False if bound.target_was_empty else self._route(plan, hour, end, bound, routes)
             if split is not None:
                 direct[plan.table.name] = (bound, split)
         return direct
 
-    def _route(self, plan: _Plan, hour: datetime, end: datetime, bound: Bound) -> bool | None:
+    def _route(
+        self,
+        plan: _Plan,
+        hour: datetime,
+        end: datetime,
+        bound: Bound,
+        routes: dict[tuple[str, Any], bool | None],
+    ) -> bool | None:
         """For a non-empty target: False when every row of the hour is above `bound`, True when
-        at least half are (split), None when fewer are (staged). One source query per bound."""
+        at least half are (split), None when fewer are (staged). Remembered in `routes`."""
         memo = (plan.table.name, bound.key)
-        if memo not in self._profiles:
-            _, above, rows = self._source.key_profile(plan.table, hour, end, bound.key)
-            self._profiles[memo] = False if above == rows else (True if 2 * above >= rows else None)
-        return self._profiles[memo]
+        if memo not in routes:
+            above, rows = self._source.key_profile(plan.table, hour, end, bound.key)
+            routes[memo] = False if above == rows else (True if 2 * above >= rows else None)
+        return routes[memo]

@@ -141,8 +141,8 @@ class HourSource:
 
     def key_profile(
         self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
-    ) -> tuple[Any, int, int]:
-        """(least key, rows with a key above `bound`, rows) of the table's rows of the hour."""
+    ) -> tuple[int, int]:
+        """(rows with a key above `bound`, rows) among the table's rows of the hour."""
         query = warehouse_sql.key_profile(relation(table), table.key, hour_filter(hour, end))
         row = self.shop.execute(query, (bound,)).fetchone()
-        return (None, 0, 0) if row is None else (row[0], int(row[1]), int(row[2]))
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))

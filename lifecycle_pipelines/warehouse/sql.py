@@ -137,12 +137,10 @@ def copy_binary(table: tuple[str, ...], columns: list[str]) -> str:
 
 
 def key_profile(relation: sql.Composable, key: str, where: sql.Composable) -> sql.Composable:
-    """The least key of the source rows of the hour, how many of them have a key above the bound
-    parameter, and how many there are. The `OFFSET 0` fence keeps PostgreSQL from answering
-    min() by walking the key's index until a row of the hour turns up."""
+    """How many source rows of the hour have a key above the bound parameter, and how many
+    there are, in one pass over the hour's rows (read through the time index)."""
     return sql.SQL(
-        "SELECT min(k), count(*) FILTER (WHERE k > %s), count(*)"
-        " FROM (SELECT {key} AS k FROM {rel} WHERE {w} OFFSET 0) AS hour"
+        "SELECT count(*) FILTER (WHERE {key} > %s), count(*) FROM {rel} WHERE {w}"
     ).format(key=sql.Identifier("t", key), rel=relation, w=where)
 
 

@@ -12,12 +12,10 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql as psql
 
-from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.erasure.stores import Subject
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.warehouse.eraser import WarehouseEraser
@@ -57,14 +55,6 @@ def warehouse(warehouse_info: str) -> Iterator[psycopg.Connection[Any]]:
         conn.execute(drop)
         yield conn
         conn.execute(drop)
-
-
-@pytest.fixture(scope="module")
-def services(local_stack: Any) -> Iterator[tuple[Any, bytes]]:
-    """The local S3 resource and the pseudonym key."""
-    local = resources_for("local")
-    with dg.build_resources({"s3": local["s3"], "warehouse": local["warehouse"]}) as r:
-        yield r.s3, r.warehouse.pseudonym_key()
 
 
 @pytest.fixture

@@ -383,8 +383,8 @@ def _tamper_fact_orders(damage: Any) -> Any:
     and the warehouse), as a faulty stage or COPY would."""
     original = HourLoader._transformed
 
-    def transformed(self: Any, item: Any, stream: Any, schema: Any, deleted: Any) -> Any:
-        batches = original(self, item, stream, schema, deleted)
+    def transformed(self: Any, item: Any, stream: Any, schema: Any) -> Any:
+        batches = original(self, item, stream, schema)
         if item.plan.table.name != "fact_orders":
             yield from batches
             return

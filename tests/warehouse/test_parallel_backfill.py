@@ -16,12 +16,10 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql as psql
 
-from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
@@ -38,13 +36,6 @@ WAIT_SECONDS = 120
 @pytest.fixture(scope="module")
 def backfill_shop(local_stack: tuple[LocalStack, StackInfo]) -> str:
     return private_shop(local_stack[0], SHOP)
-
-
-@pytest.fixture(scope="module")
-def services(local_stack: Any) -> Iterator[tuple[Any, bytes]]:
-    local = resources_for("local")
-    with dg.build_resources({"s3": local["s3"], "warehouse": local["warehouse"]}) as r:
-        yield r.s3, r.warehouse.pseudonym_key()
 
 
 @pytest.fixture
