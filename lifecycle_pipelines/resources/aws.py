@@ -7,12 +7,32 @@ the local moto server and a real account are reached by exactly the same code.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
+
+# boto3 sessions shared by every resource with the same settings. Each session has its own
+# loader, and a client built from a fresh session parses the endpoint and service models
+# again (~8-15 MB of Python objects per client); a shared session parses each model once.
+# Sessions are not thread-safe, so clients and service resources are built under the lock.
+_SESSIONS: dict[str, boto3.session.Session] = {}
+SESSION_LOCK = threading.Lock()
+_SESSION_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
 
 
 class AwsResource(ResourceWithBoto3Configuration):
@@ -28,14 +48,30 @@ class AwsResource(ResourceWithBoto3Configuration):
     _clients: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     def session(self) -> boto3.session.Session:
-        """A boto3 session with this resource's region, profile and explicit credentials."""
-        return boto3.session.Session(
-            region_name=self.region_name,
-            profile_name=self.profile_name,
-            aws_access_key_id=self.aws_access_key_id,
-            aws_secret_access_key=self.aws_secret_access_key,
-            aws_session_token=self.aws_session_token,
+        """A boto3 session with this resource's region, profile and explicit credentials.
+
+        Resources with the same settings (and the same AWS environment variables) share one
+        session; build clients from it under `SESSION_LOCK`."""
+        settings = (
+            self.region_name,
+            self.profile_name,
+            self.aws_access_key_id,
+            self.aws_secret_access_key,
+            self.aws_session_token,
+            *(os.environ.get(name) for name in _SESSION_ENV),
         )
+        key = hashlib.sha256(repr(settings).encode()).hexdigest()  # no secret kept as a key
+        with SESSION_LOCK:
+            session = _SESSIONS.get(key)
+            if session is None:
+                session = _SESSIONS[key] = boto3.session.Session(
+                    region_name=self.region_name,
+                    profile_name=self.profile_name,
+                    aws_access_key_id=self.aws_access_key_id,
+                    aws_secret_access_key=self.aws_secret_access_key,
+                    aws_session_token=self.aws_session_token,
+                )
+        return session
 
     def client(self, service: str) -> Any:
         """A boto3 client for `service` with standard-mode retries on throttling and 5xx.
@@ -59,7 +95,9 @@ class AwsResource(ResourceWithBoto3Configuration):
             kwargs["endpoint_url"] = self.endpoint_url
         if self.verify is not None:
             kwargs["verify"] = self.verify
-        return self.session().client(service, **kwargs)  # type: ignore[call-overload]
+        session = self.session()
+        with SESSION_LOCK:
+            return session.client(service, **kwargs)  # type: ignore[call-overload]
 
     def resolved_region(self) -> str:
         """The region boto3 resolves for this resource (field, environment or profile)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from lifecycle_pipelines.resources.aws import AwsResource
+from lifecycle_pipelines.resources.aws import SESSION_LOCK, AwsResource
 
 
 class DynamoDBResource(AwsResource):
@@ -25,4 +25,7 @@ class DynamoDBResource(AwsResource):
         kwargs: dict[str, Any] = {}
         if self.endpoint_url:
             kwargs["endpoint_url"] = self.endpoint_url
-        return self.session().resource("dynamodb", **kwargs).Table(self.table_name(base_name))
+        session = self.session()
+        with SESSION_LOCK:
+            service = session.resource("dynamodb", **kwargs)
+        return service.Table(self.table_name(base_name))
