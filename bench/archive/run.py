@@ -14,7 +14,9 @@ order_items) with each tool, every measurement in its own process so that peak R
 
     .venv/bin/python bench/archive/run.py [--orders N] [--months M] [--state-dir DIR]
 
-Prints seconds, rows/s and peak RSS per tool and scope, then the ratios. --state-dir reuses a
+Prints seconds, rows/s and peak RSS per tool and scope, then the ratios. Our peak RSS is also
+shown above our idle baseline: a process that has imported Dagster, Great Expectations and
+pandas and built the resources, before any row moves (`ours-idle`). --state-dir reuses a
 seeded stack between invocations (it is seeded when empty).
 """
 
@@ -230,6 +232,22 @@ def measure_wrangler(stack: LocalStack, scope: list[date]) -> int:
     return rows
 
 
+def measure_idle(stack: LocalStack) -> int:
+    """Import and warm up what our archival needs, build the resources, move no row."""
+    import dagster as dg
+
+    from lifecycle_pipelines.archive.archiver import MonthArchiver  # noqa: F401
+    from lifecycle_pipelines.archive.verify import warm_up
+    from lifecycle_pipelines.environments import resources_for
+
+    warm_up()
+    with dg.build_resources(resources_for("local")) as r:
+        r.s3.client("s3")
+        r.s3.client("kms")
+        r.shop_db.connect().close()
+    return 0
+
+
 def child(args: argparse.Namespace) -> None:
     stack = LocalStack(Path(args.state_dir))
     os.environ.update(stack.read_env())
@@ -240,6 +258,8 @@ def child(args: argparse.Namespace) -> None:
         rows, seconds = measure_raw(stack, scope, bounded=args.tool == "raw")
     elif args.tool == "ours":
         rows = measure_ours(stack, scope)
+    elif args.tool == "ours-idle":
+        rows = measure_idle(stack)
     elif args.tool.startswith("dlt-"):
         rows = measure_dlt(stack, scope, args.tool.removeprefix("dlt-"))
     else:
@@ -279,7 +299,9 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=5_000_000)
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--state-dir", type=Path, default=None)
-    parser.add_argument("--tools", default="raw,raw-join,ours,dlt-pyarrow,dlt-connectorx,wr")
+    parser.add_argument(
+        "--tools", default="raw,raw-join,ours-idle,ours,dlt-pyarrow,dlt-connectorx,wr"
+    )
     parser.add_argument("--child", nargs=2, metavar=("TOOL", "SCOPE"))
     args = parser.parse_args()
     if args.child:
@@ -306,8 +328,9 @@ def main() -> None:
                     print(f"{tool:16} {scope:6} failed: {err.stderr.strip().splitlines()[-1:]}")
                     continue
                 results[(tool, scope)] = r
+                rate = r["rows"] / r["seconds"] if r["rows"] else 0.0
                 print(f"{tool:16} {scope:6} {int(r['rows']):>11,} {r['seconds']:>9.2f} "
-                      f"{r['rows'] / r['seconds']:>10,.0f} {r['rss']:>7.0f} MiB")  # fmt: skip
+                      f"{rate:>10,.0f} {r['rss']:>7.0f} MiB")  # fmt: skip
         print()
         for scope in ("month", "range"):
             ours, raw = results.get(("ours", scope)), results.get(("raw", scope))
@@ -325,7 +348,9 @@ def main() -> None:
             if best:
                 peer = results[best]["rows"] / results[best]["seconds"]
                 line += f"; ours/best peer ({best[0]}) = {throughput / peer:.2f}x"
-            print(line + f"; our peak RSS {ours['rss']:.0f} MiB")
+            idle = results.get(("ours-idle", scope))
+            above = f" ({ours['rss'] - idle['rss']:.0f} MiB above idle)" if idle else ""
+            print(line + f"; our peak RSS {ours['rss']:.0f} MiB{above}")
         print(f"at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs")
     finally:
         stack.down()

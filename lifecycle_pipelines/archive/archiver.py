@@ -57,6 +57,7 @@ from lifecycle_pipelines.archive.extract import (
     select_month,
     stream_batches,
 )
+from lifecycle_pipelines.archive.memory import return_freed_memory, use_returning_arrow_pool
 from lifecycle_pipelines.archive.plan import (
     ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
@@ -132,20 +133,6 @@ class ArchiveResult:
         return all(outcome.success for outcome in self.checks.values())
 
 
-def _return_freed_memory() -> None:
-    """Have Arrow hand freed memory back to the system at once (jemalloc, decay 0).
-
-    Arrow's default allocator (mimalloc) keeps what a month freed: a process that archives
-    month after month grew by about 10 MB a month; with jemalloc and no decay it does not.
-    Buffers already allocated keep their own pool, so switching is safe at any time."""
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
-        return
-    pa.jemalloc_set_decay_ms(0)
-    pa.set_memory_pool(pool)
-
-
 def _keys_table(shape: TableShape, batch: pa.RecordBatch) -> pa.Table:
     pk = batch.column(shape.primary_key)
     version = (
@@ -215,17 +202,22 @@ class MonthArchiver:
     # -- the run -----------------------------------------------------------------------
     def run(self) -> ArchiveResult:
         started = time.perf_counter()
-        _return_freed_memory()
-        with self.shop.connect() as shop_conn:
-            shapes = check_shapes(shop_conn, self.data_type, self.policy)
-        with self.control.connect(autocommit=True) as control_conn:
-            ensure_control_schema(control_conn)
-            manifest.lock_partition(control_conn, self.data_type, self.month.month)
-            existing = manifest.get_partition(control_conn, self.data_type, self.month.month)
-            if existing is not None and existing.state != "written":
-                result = self._confirm_existing(control_conn, existing.state, existing.source_rows)
-            else:
-                result = self._archive(control_conn, shapes)
+        use_returning_arrow_pool()
+        try:
+            with self.shop.connect() as shop_conn:
+                shapes = check_shapes(shop_conn, self.data_type, self.policy)
+            with self.control.connect(autocommit=True) as control_conn:
+                ensure_control_schema(control_conn)
+                manifest.lock_partition(control_conn, self.data_type, self.month.month)
+                existing = manifest.get_partition(control_conn, self.data_type, self.month.month)
+                if existing is not None and existing.state != "written":
+                    result = self._confirm_existing(
+                        control_conn, existing.state, existing.source_rows
+                    )
+                else:
+                    result = self._archive(control_conn, shapes)
+        finally:
+            return_freed_memory()
         result.seconds = time.perf_counter() - started
         return result
 
