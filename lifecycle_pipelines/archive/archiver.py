@@ -49,6 +49,7 @@ from lifecycle_pipelines.archive.crypto import (
     encrypt_personal,
 )
 from lifecycle_pipelines.archive.extract import (
+    ARCHIVE_CSV_BLOCK_BYTES,
     PSQL_ENV,
     PartWriter,
     StagedPart,
@@ -361,9 +362,17 @@ class MonthArchiver:
                         psql_setup,
                         statement.format(query).as_string(conn),
                         shape,
+                        parse_threads=False,
+                        block_bytes=ARCHIVE_CSV_BLOCK_BYTES,
                     )
                 else:
-                    batches = stream_batches(conn, shape, query)
+                    batches = stream_batches(
+                        conn,
+                        shape,
+                        query,
+                        parse_threads=False,
+                        block_bytes=ARCHIVE_CSV_BLOCK_BYTES,
+                    )
                 for batch in batches:
                     if encrypt is not None:
                         assert shape.subject_column is not None
