@@ -16,6 +16,9 @@ from lifecycle_pipelines.resources.aws import AwsResource, SecretsManagerResourc
 from lifecycle_pipelines.resources.postgres import PostgresResource
 
 
+PSEUDONYM_KEY_MIN_BYTES = 32
+
+
 class WarehouseResource(ConfigurableResource):
     """The warehouse of an environment (`redshift` or the local `postgres` stand-in)."""
 
@@ -55,7 +58,18 @@ class WarehouseResource(ConfigurableResource):
         if not self.pseudonym_secret_id:
             raise ValueError("pseudonym_secret_id: the warehouse needs its pseudonym key secret")
         secrets = SecretsManagerResource(**self.aws.model_dump())
-        return bytes.fromhex(secrets.get_json(self.pseudonym_secret_id)["hmac_key_hex"])
+        value = secrets.get_json(self.pseudonym_secret_id).get("hmac_key_hex")
+        try:
+            key = bytes.fromhex(value) if isinstance(value, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) < PSEUDONYM_KEY_MIN_BYTES:
+            # An empty or short key would make user keys guessable by hashing every user id.
+            raise ValueError(
+                f"pseudonym_secret_id: the secret's hmac_key_hex must be at least "
+                f"{PSEUDONYM_KEY_MIN_BYTES} bytes of hex"
+            )
+        return key
 
     def connect(self) -> Any:
         """A new DB-API connection (autocommit off) to the warehouse; the caller closes it."""

@@ -48,7 +48,7 @@ import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -62,6 +62,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from lifecycle_pipelines.archive.columns import SourceColumn, TableShape, read_columns
 from lifecycle_pipelines.archive.stats import ReconStats
+from lifecycle_pipelines.checks.gx import CheckOutcome
 from lifecycle_pipelines.resources.s3 import S3Resource
 from lifecycle_pipelines.search_sync.documents import commit_safe_high_water
 from lifecycle_pipelines.warehouse import sql
@@ -100,6 +101,19 @@ class HourNotClosed(RuntimeError):
     """A transaction that may still write rows of this hour is open; nothing was loaded."""
 
 
+class ReconciliationFailed(RuntimeError):
+    """The warehouse's figures of the hour disagree with the source's; the load was rolled
+    back. `outcome` names the figures that disagree."""
+
+    def __init__(self, hour: datetime, outcome: CheckOutcome) -> None:
+        self.outcome = outcome
+        figures = "; ".join(outcome.failures) or "no detail"
+        super().__init__(
+            f"hour {hour:%Y-%m-%d %H}:00: the warehouse's figures disagree with the source's "
+            f"({figures}); the load was rolled back, nothing changed"
+        )
+
+
 @dataclass
 class TableLoad:
     """What one table received."""
@@ -121,6 +135,7 @@ class HourLoad:
     hour: datetime
     tables: list[TableLoad] = field(default_factory=list)
     figures: dict[str, ReconStats] = field(default_factory=dict)  # the warehouse's, per table
+    reconciliation: CheckOutcome | None = None  # checked before commit, when a check was given
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for profiling
 
@@ -211,6 +226,7 @@ class HourLoader:
         work_mem: str | None = "256MB",
         object_prefix: str = "warehouse",
         use_psql: bool | None = None,
+        reconcile: Callable[[HourLoad], CheckOutcome] | None = None,
         logger: logging.Logger | Any = log,
     ) -> None:
         self.shop = shop
@@ -224,6 +240,7 @@ class HourLoader:
         self.safety_lag = safety_lag
         self.work_mem = work_mem
         self.object_prefix = object_prefix.strip("/")
+        self.reconcile = reconcile  # run inside the load's transaction: a mismatch rolls back
         self._source = HourSource(shop, use_psql)  # use_psql None: psql when one is found
         self._target = WarehouseTarget(warehouse, engine, schema)
         self.log = logger
@@ -244,7 +261,14 @@ class HourLoader:
         self._source.use_psql = value
 
     def run(self, hour: datetime) -> HourLoad:
+        """Load the changes of `hour` (a UTC hour, on the hour) in one warehouse transaction.
+
+        With a `reconcile` check, the hour's figures are checked before the commit and a
+        mismatch rolls the load back (`ReconciliationFailed`): readers never see a wrong hour."""
         started = time.perf_counter()
+        on_the_hour = hour.replace(minute=0, second=0, microsecond=0)
+        if hour.utcoffset() != timedelta(0) or hour != on_the_hour:
+            raise ValueError(f"hour: {hour.isoformat()} is not a UTC hour on the hour")
         end = hour + timedelta(hours=1)
         if self.engine == "redshift" and not self.role:
             raise ValueError("copy_iam_role_arn: Redshift COPY needs the IAM role")
@@ -276,17 +300,6 @@ class HourLoader:
             else:
                 staged = self._load_redshift(plans, hour, end, Path(folder), result)
         for item in staged:
-            result.tables.append(
-                TableLoad(
-                    item.plan.table,
-                    item.rows,
-                    item.uri,
-                    item.source,
-                    item.plan.new,
-                    item.excluded,
-                    item.path,
-                )
-            )
             if item.excluded:
                 self.log.info(
                     f"{item.plan.table.name}: {item.excluded} row(s) of soft-deleted users excluded"
@@ -330,6 +343,7 @@ class HourLoader:
                 for item, upload in zip(staged, uploads, strict=True):
                     item.uri = upload.result()  # the staged objects exist before commit
                 result.phases["upload_wait"] = time.perf_counter() - clock
+                self._check_before_commit(staged, result)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -366,12 +380,36 @@ class HourLoader:
                     cur.execute(sql.create_stage(self.schema, item.plan.table.name, item.stage))
                     cur.execute(sql.redshift_copy(item.stage, item.uri, self.role or ""))
                 self._merge_all(cur, staged, result, locked=True)
+                self._check_before_commit(staged, result)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
         result.phases["lock_copy_merge_reconcile"] = time.perf_counter() - clock
         return staged
+
+    def _check_before_commit(self, staged: list[_Staged], result: HourLoad) -> None:
+        """Record what every table received, then run the reconciliation (if any) while the
+        load's transaction is still open; a failed check raises and the caller rolls back."""
+        result.tables = [
+            TableLoad(
+                item.plan.table,
+                item.rows,
+                item.uri,
+                item.source,
+                item.plan.new,
+                item.excluded,
+                item.path,
+            )
+            for item in staged
+        ]
+        if self.reconcile is None:
+            return
+        clock = time.perf_counter()
+        result.reconciliation = self.reconcile(result)
+        result.phases["reconcile"] = time.perf_counter() - clock
+        if not result.reconciliation.success:
+            raise ReconciliationFailed(result.hour, result.reconciliation)
 
     def _locked(self, staged: list[_Staged]) -> list[str]:
         return [item.plan.table.name for item in staged] + ["dim_date"]

@@ -15,11 +15,12 @@ import pytest
 from dagster._core.errors import DagsterUnknownPartitionError
 
 from lifecycle_pipelines.assets.warehouse import warehouse_hourly
+from lifecycle_pipelines.assets.warehouse.hourly_asset import _hour
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import S3Resource
 from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
-from lifecycle_pipelines.warehouse.loader import HourLoader
+from lifecycle_pipelines.warehouse.loader import HourLoader, ReconciliationFailed
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop, resources_with_shop
 from tests.warehouse.recording import RecordingConnection
@@ -436,6 +437,49 @@ def test_rows_lost_or_changed_on_the_way_fail_the_reconciliation_naming_the_figu
     failed = {line.split("(", 1)[1].split(")", 1)[0] for line in outcome.failures}
     assert figures <= failed
     assert failed <= {"rows", "pk_sum", "pk_hash_sum", *(f"cents_{m}" for m in MONEY)}
+
+
+def test_a_load_whose_figures_disagree_is_rolled_back_before_anyone_sees_it(
+    shop: Any, local_stack: Any, own_schema: str, monkeypatch: Any
+) -> None:
+    hour = _busiest_hour(shop)
+    monkeypatch.setattr(HourLoader, "_transformed", _tamper_fact_orders(_drop_last_row))
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        loader = _loader(shop, conn, r.s3, own_schema)
+        loader.reconcile = check_hour
+        with pytest.raises(ReconciliationFailed, match=r"rolled back") as raised:
+            loader.run(hour)
+        assert not raised.value.outcome.success
+        assert any("(rows)" in line for line in raised.value.outcome.failures)
+        for table in ("fact_orders", "fact_order_items", "dim_users", "dim_date"):
+            count = conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {}").format(
+                    psycopg.sql.Identifier(own_schema, table)
+                )
+            ).fetchone()
+            assert count == (0,), table
+
+
+def test_an_hour_off_the_hour_or_before_the_first_partition_is_refused() -> None:
+    for key in ("2026-11-20-10:30", "2026-10-31-23:00", "2026-11-20 10:00"):
+        with pytest.raises(dg.Failure, match=r"partition_key: '"):
+            _hour(key)
+    assert _hour("2026-11-20-10:00") == datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+
+def test_the_loader_refuses_an_hour_that_is_not_a_utc_hour(
+    shop: Any, warehouse: Any, own_schema: str
+) -> None:
+    with dg.build_resources({"s3": resources_for("local")["s3"]}) as r:
+        loader = _loader(shop, warehouse, r.s3, own_schema)
+        for bad in (datetime(2026, 11, 20, 10, 30, tzinfo=UTC), datetime(2026, 11, 20, 10)):
+            with pytest.raises(ValueError, match=r"^hour: .* not a UTC hour"):
+                loader.run(bad)
+    row = warehouse.execute("SELECT to_regnamespace(%s)", (own_schema,)).fetchone()
+    assert row == (None,)  # nothing was created
 
 
 def test_a_source_connection_inside_a_transaction_is_refused(

@@ -6,11 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import dagster as dg
+from pydantic import Field
 
 from lifecycle_pipelines.checks.results import check_result
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import PostgresResource, S3Resource, WarehouseResource
-from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
+from lifecycle_pipelines.warehouse.loader import (
+    HourLoad,
+    HourLoader,
+    HourNotClosed,
+    ReconciliationFailed,
+)
 from lifecycle_pipelines.warehouse.quality import check_hour
 
 WAREHOUSE_PARTITIONS = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00")
@@ -21,12 +27,43 @@ CHECK = "reconciliation"
 class WarehouseLoadConfig(dg.Config):
     """Run configuration of an hourly load."""
 
-    on_new_column: Literal["fail", "ignore"] = "fail"
-    safety_lag_seconds: int = 30
+    on_new_column: Literal["fail", "ignore"] = Field(
+        default="fail",
+        description="A source column the model does not know: fail the run, or load without it.",
+    )
+    safety_lag_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="Changes younger than this are not final yet (commit-safe high-water mark).",
+    )
+    not_closed_retries: int = Field(
+        default=6,
+        ge=0,
+        description=(
+            "Retries when a transaction that may still write rows of the hour is open (a long "
+            "transaction on the shop delays the hour; it is never loaded half-way)."
+        ),
+    )
+    not_closed_wait_seconds: float = Field(
+        default=300.0, ge=0, description="Seconds between those retries."
+    )
 
 
 def _hour(partition_key: str) -> datetime:
-    hour = datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    """The hour of a partition key such as `2026-11-20-10:00`; anything else is refused (a key
+    off the hour would load a window that straddles two partitions)."""
+    try:
+        hour = datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    except ValueError:
+        raise dg.Failure(
+            f"partition_key: {partition_key!r} is not an hour like 2026-11-20-10:00; "
+            "nothing was loaded"
+        ) from None
+    if hour.minute or hour < WAREHOUSE_PARTITIONS.start:
+        raise dg.Failure(
+            f"partition_key: {partition_key!r} is not a partition of warehouse_hourly (hours "
+            "from 2026-11-01-00:00, on the hour); nothing was loaded"
+        )
     if hour + timedelta(hours=1) > datetime.now(UTC):
         raise dg.Failure(f"partition_key: {partition_key} has not ended yet; nothing was loaded")
     return hour
@@ -91,11 +128,24 @@ def warehouse_hourly(
                 copy_iam_role_arn=warehouse.copy_iam_role_arn,
                 on_new_column=config.on_new_column,
                 safety_lag=timedelta(seconds=config.safety_lag_seconds),
+                reconcile=check_hour,
                 logger=context.log,
             ).run(hour)
+        except HourNotClosed as err:
+            context.log.warning(f"{err}; retrying in {config.not_closed_wait_seconds:.0f} s")
+            raise dg.RetryRequested(
+                max_retries=config.not_closed_retries,
+                seconds_to_wait=config.not_closed_wait_seconds,
+            ) from err
+        except ReconciliationFailed as err:
+            raise dg.Failure(
+                description=str(err),
+                metadata={"failed_expectations": dg.MetadataValue.md(err.outcome.markdown())},
+            ) from err
         finally:
             connection.close()
+    outcome = load.reconciliation if load.reconciliation is not None else check_hour(load)
     yield dg.MaterializeResult(
         metadata=_metadata(load),
-        check_results=[check_result(KEY, CHECK, check_hour(load), "no rows in this hour")],
+        check_results=[check_result(KEY, CHECK, outcome, "no rows in this hour")],
     )
