@@ -293,7 +293,9 @@ class HourLoader:
             if new:
                 self.log.warning(f"{table.source_table}: new column(s) {new} not loaded (policy)")
         result = HourLoad(hour)
-        self._target.create_tables([(plan.table, plan.columns) for plan in plans])
+        added = self._target.create_tables([(plan.table, plan.columns) for plan in plans])
+        if added:
+            self.log.warning(f"warehouse columns added for new model columns: {added}")
         with tempfile.TemporaryDirectory(prefix="warehouse-hour-") as folder:
             if self.engine == "postgres":
                 staged = self._load_postgres(plans, hour, end, Path(folder), result)

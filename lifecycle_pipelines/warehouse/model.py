@@ -3,7 +3,9 @@ leaves out (personal data, unbounded text), and the warehouse type of every colu
 from the source column's own type with its length and precision (never VARCHAR(MAX)).
 
 A source column that is neither taken nor ignored is a schema change: `check_source` reports it
-(and a type change, or a taken column that disappeared) naming the table and column.
+(and a taken column that disappeared) naming the table and column. A changed type is found by
+comparing the warehouse's own column types (`catalog_type`) with those the source now needs,
+before anything is loaded (`WarehouseTarget.create_tables`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,31 @@ def warehouse_type(column: SourceColumn, engine: Engine, where: str) -> str:
         f"{where}.{column.name}: source type {pg_type!r} has no bounded warehouse type; "
         "ignore the column or map it explicitly in warehouse/model.py"
     )
+
+
+_CATALOG_NAMES = {
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "SMALLINT": "smallint",
+    "BOOLEAN": "boolean",
+    "DATE": "date",
+    "TIMESTAMPTZ": "timestamp with time zone",
+    "TIMESTAMP": "timestamp without time zone",
+    "DOUBLE PRECISION": "double precision",
+}
+
+
+def catalog_type(ddl_type: str) -> str:
+    """A warehouse type as the catalog spells it (`format_type`): `VARCHAR(12)` is
+    `character varying(12)`, `TIMESTAMPTZ` is `timestamp with time zone`."""
+    spelled = ddl_type.strip().upper()
+    if match := re.fullmatch(r"VARCHAR\((\d+)\)", spelled):
+        return f"character varying({match[1]})"
+    if match := re.fullmatch(r"CHAR\((\d+)\)", spelled):
+        return f"character({match[1]})"
+    if match := re.fullmatch(r"NUMERIC\((\d+), ?(\d+)\)", spelled):
+        return f"numeric({match[1]},{match[2]})"
+    return _CATALOG_NAMES.get(spelled, spelled.lower())
 
 
 @dataclass(frozen=True)

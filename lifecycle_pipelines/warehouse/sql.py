@@ -40,6 +40,23 @@ def create_table(schema: str, table: str, columns: list[tuple[str, str]], key: s
     return f"CREATE TABLE IF NOT EXISTS {ident(schema, table)} ({body}, PRIMARY KEY ({ident(key)}))"
 
 
+def column_types() -> str:
+    """(column, catalog type) of a table, in order; parameters: schema, table. The catalog
+    query runs on PostgreSQL and Redshift alike."""
+    return (
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod)"
+        " FROM pg_catalog.pg_attribute a"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+        " ORDER BY a.attnum"
+    )
+
+
+def add_column(schema: str, table: str, column: str, type_: str) -> str:
+    return f"ALTER TABLE {ident(schema, table)} ADD COLUMN {ident(column)} {type_}"
+
+
 def create_stage(schema: str, table: str, stage: str) -> str:
     """A temporary staging table shaped like the target (dropped with the session)."""
     return f"CREATE TEMP TABLE {ident(stage)} (LIKE {ident(schema, table)})"

@@ -15,7 +15,13 @@ from typing import Any
 
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.warehouse import sql
-from lifecycle_pipelines.warehouse.model import DIM_DATE_COLUMNS, Engine, WarehouseTable
+from lifecycle_pipelines.warehouse.model import (
+    DIM_DATE_COLUMNS,
+    Engine,
+    SchemaChange,
+    WarehouseTable,
+    catalog_type,
+)
 
 PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
 DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
@@ -48,11 +54,21 @@ class WarehouseTarget:
         self.engine = engine
         self.schema = schema
 
-    def create_tables(self, tables: list[tuple[WarehouseTable, list[tuple[str, str]]]]) -> None:
+    def create_tables(
+        self, tables: list[tuple[WarehouseTable, list[tuple[str, str]]]]
+    ) -> list[str]:
         """CREATE SCHEMA / TABLE IF NOT EXISTS (each table with its columns, and dim_date),
-        committed. On PostgreSQL under an advisory lock per schema: two loads creating the same
-        table at once would otherwise collide."""
+        then compare every existing table with the columns the source now needs, committed.
+        On PostgreSQL under an advisory lock per schema: two loads creating the same table at
+        once would otherwise collide.
+
+        A column the model takes but the table lacks is added (returned as `table.column`);
+        a column whose warehouse type no longer matches the source's raises `SchemaChange`
+        naming it, and nothing is changed (a narrower type would round or cut values)."""
         conn = self.conn
+        wanted = [(table.name, columns, table.key) for table, columns in tables]
+        wanted.append(("dim_date", list(DIM_DATE_COLUMNS), "date_key"))
+        added: list[str] = []
         try:
             with conn.cursor() as cur:
                 if self.engine == "postgres":
@@ -61,15 +77,35 @@ class WarehouseTarget:
                         (advisory_key(DDL_LOCK_NAMESPACE, self.schema),),
                     )
                 cur.execute(sql.create_schema(self.schema))
-                for table, columns in tables:
-                    cur.execute(sql.create_table(self.schema, table.name, columns, table.key))
-                cur.execute(
-                    sql.create_table(self.schema, "dim_date", list(DIM_DATE_COLUMNS), "date_key")
-                )
+                for name, columns, key in wanted:
+                    cur.execute(sql.create_table(self.schema, name, columns, key))
+                    added += self._align_columns(cur, name, columns)
             conn.commit()
         except BaseException:
             conn.rollback()
             raise
+        return added
+
+    def _align_columns(self, cur: Any, table: str, columns: list[tuple[str, str]]) -> list[str]:
+        cur.execute(sql.column_types(), (self.schema, table))
+        existing = {name: type_ for name, type_ in cur.fetchall()}
+        changed = [
+            f"{name} is {existing[name]}, the source now needs {catalog_type(type_)}"
+            for name, type_ in columns
+            if name in existing and existing[name] != catalog_type(type_)
+        ]
+        if changed:
+            raise SchemaChange(
+                f"{self.schema}.{table}: column type(s) no longer match the source: "
+                f"{'; '.join(changed)}. Migrate the warehouse column(s) (ALTER TABLE ... ALTER "
+                "COLUMN ... TYPE) or restore the source type; nothing was loaded"
+            )
+        added = []
+        for name, type_ in columns:
+            if name not in existing:
+                cur.execute(sql.add_column(self.schema, table, name, type_))
+                added.append(f"{table}.{name}")
+        return added
 
     def lock(self, cur: Any, tables: list[str]) -> None:
         """Lock the targets for the rest of the transaction: one statement, in the given order

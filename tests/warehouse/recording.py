@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lifecycle_pipelines.warehouse.model import catalog_type
+
 FIGURES_PREFIX = "SELECT count(*), COALESCE(sum("
 
 
@@ -50,8 +52,21 @@ class RecordingConnection:
         return (self.found,)
 
     def fetchall(self) -> list[Any]:
-        last = self.calls[-1][0] if self.calls else ""
-        return [("dim_users",), ("fact_orders",)] if "information_schema" in last else []
+        last, params = self.calls[-1] if self.calls else ("", None)
+        if "information_schema" in last:
+            return [("dim_users",), ("fact_orders",)]
+        if "format_type(" in last:  # the catalog's columns: those of the recorded CREATE TABLE
+            return self._created_columns(*params)
+        return []
+
+    def _created_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
+        prefix = f'CREATE TABLE IF NOT EXISTS "{schema}"."{table}" ('
+        created = next((s for s in self.statements if s.startswith(prefix)), None)
+        if created is None:
+            return []
+        body = created[len(prefix) :].split(", PRIMARY KEY", 1)[0]
+        pairs = (column.split(" ", 1) for column in body.split(", "))
+        return [(name.strip('"'), catalog_type(type_)) for name, type_ in pairs]
 
     def commit(self) -> None:
         self.calls.append(("COMMIT", None))

@@ -249,6 +249,24 @@ def test_a_new_source_column_is_reported_not_dropped(shop: Any) -> None:
         shop.execute("ALTER TABLE users DROP COLUMN nickname")
 
 
+def test_a_changed_source_column_type_fails_naming_the_column_and_loads_nothing(
+    shop: Any, warehouse: Any
+) -> None:
+    hour = _busiest_hour(shop)
+    assert _load(hour).success  # the warehouse has fact_orders.total as numeric(12,2)
+    before = _facts(warehouse)
+    shop.execute("ALTER TABLE orders ALTER COLUMN total TYPE numeric(14,3)")
+    try:
+        failed = _load(hour)
+        assert not failed.success
+        error = str(failed.failure_data_for_node("warehouse_hourly").error)  # type: ignore[union-attr]
+        assert "analytics.fact_orders: column type(s) no longer match the source" in error
+        assert "total is numeric(12,2), the source now needs numeric(14,3)" in error
+        assert _facts(warehouse) == before
+    finally:
+        shop.execute("ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)")
+
+
 def test_an_hour_that_has_not_ended_is_refused(warehouse: Any) -> None:
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     before = _facts(warehouse) if _has_facts(warehouse) else None
@@ -284,7 +302,7 @@ def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any
         ).run(hour)
     text = recorder.statements
     first_commit = text.index("COMMIT")
-    assert all(s.startswith("CREATE") for s in text[:first_commit])
+    assert all(s.startswith(("CREATE", "SELECT a.attname")) for s in text[:first_commit])
     assert "VARCHAR(80)" in next(
         s for s in text if 'TABLE IF NOT EXISTS "analytics"."fact_orders"' in s
     )
