@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+_USER_ID = re.compile(r"[0-9]{1,18}")  # within bigint
 _REQUESTER = re.compile(r"^[\w.+-]+@[\w-]+(\.[\w-]+)+$|^[a-z][a-z0-9_.-]{2,63}$")
 
 _SELECT = (
@@ -46,14 +47,17 @@ class ErasureRequest:
 
 def validate(user_id: str, requested_by: str) -> tuple[str, str]:
     """The normalised (subject id, requester); ErasureRequestError names a bad field."""
+    # The rejected value is never echoed: it may be personal data typed into the wrong field.
     subject = user_id.strip()
-    if not subject.isdigit() or int(subject) <= 0:
-        raise ErasureRequestError(f"user_id: expected a positive integer user id, got {user_id!r}")
+    if not _USER_ID.fullmatch(subject) or int(subject) <= 0:
+        raise ErasureRequestError(
+            "user_id: expected a positive integer user id (ASCII digits only)"
+        )
     requester = requested_by.strip()
     if not _REQUESTER.match(requester):
         raise ErasureRequestError(
             "requested_by: expected an e-mail address or a lower-case account name "
-            f"(3-64 characters), got {requested_by!r}"
+            "(3-64 characters)"
         )
     return str(int(subject)), requester
 

@@ -2,7 +2,7 @@
 a daily sweep launches the hard delete of every request whose grace period has passed (and of
 held ones, whose hold may have been lifted); archive rewrites are retried daily."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -34,30 +34,72 @@ erasure_rewrites_job, erasure_rewrites_daily = asset_schedule(
 )
 
 
+# A soft delete whose run failed is launched again this long after the failure (a new run key
+# per failed run): a request is never left half-done because one run hit a store's error.
+SOFT_DELETE_RETRY_AFTER = timedelta(minutes=15)
+_PENDING_REQUESTS = """
+SELECT r.request_id FROM lifecycle.erasure_requests r
+ WHERE r.merged_into IS NULL AND r.state = 'received'
+   AND NOT (r.dry_run AND EXISTS (
+       SELECT 1 FROM lifecycle.erasure_ledger l
+        WHERE l.request_id = r.request_id AND l.store <> 'intake'))
+ ORDER BY r.request_id LIMIT 100
+"""
+
+
+def _soft_delete_run_request(
+    context: dg.SensorEvaluationContext, key: str, now: datetime
+) -> dg.RunRequest | None:
+    """The run to launch for a pending request: the first one, or a retry after a failed run
+    (once per failed run, after `SOFT_DELETE_RETRY_AFTER`); None while a run is under way or
+    was just launched."""
+    records = context.instance.get_run_records(
+        filters=dg.RunsFilter(job_name=erasure_job.name, tags={"dagster/partition": key}),
+        limit=1,
+    )
+    if not records:
+        return dg.RunRequest(partition_key=key, run_key=f"erasure-{key}")
+    last = records[0]
+    if last.dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        return None
+    if now - last.update_timestamp.astimezone(UTC) < SOFT_DELETE_RETRY_AFTER:
+        return None
+    context.log.warning(
+        f"erasure request {key}: soft delete run {last.dagster_run.run_id} failed; retrying"
+    )
+    return dg.RunRequest(
+        partition_key=key, run_key=f"erasure-{key}-after-{last.dagster_run.run_id}"
+    )
+
+
 @dg.sensor(
     job=erasure_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Turns new erasure requests into partitions and launches their soft delete.",
+    description=(
+        "Turns erasure requests not yet soft-deleted into partitions and launches their soft "
+        "delete; launches it again after a failed run."
+    ),
 )
 def erasure_request_sensor(
     context: dg.SensorEvaluationContext, control_db: PostgresResource
 ) -> dg.SensorResult | dg.SkipReason:
-    after = int(context.cursor or 0)
+    """Every request still `received` is considered on every tick, rather than the ids above a
+    cursor: a request whose insert commits after a later one's is not skipped, and one whose
+    soft delete failed is retried."""
     with control_db.connect(autocommit=True) as conn:
         ensure_control_schema(conn)
-        rows = conn.execute(
-            "SELECT request_id FROM lifecycle.erasure_requests WHERE request_id > %s"
-            " ORDER BY request_id LIMIT 100",
-            (after,),
-        ).fetchall()
-    if not rows:
-        return dg.SkipReason("no new erasure requests")
+        rows = conn.execute(_PENDING_REQUESTS).fetchall()
     keys = [str(r[0]) for r in rows]
+    known = set(context.instance.get_dynamic_partitions(str(ERASURE_PARTITIONS.name)))
+    new = [k for k in keys if k not in known]
+    now = datetime.now(UTC)
+    requests = [r for k in keys if (r := _soft_delete_run_request(context, k, now)) is not None]
+    if not requests and not new:
+        return dg.SkipReason("no erasure request waits for its soft delete")
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"erasure-{k}") for k in keys],
-        dynamic_partitions_requests=[ERASURE_PARTITIONS.build_add_request(keys)],
-        cursor=keys[-1],
+        run_requests=requests,
+        dynamic_partitions_requests=[ERASURE_PARTITIONS.build_add_request(new)] if new else [],
     )
 
 

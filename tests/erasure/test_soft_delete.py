@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, cast
 
 import boto3
@@ -12,6 +13,7 @@ from boto3.dynamodb.conditions import Key
 
 from lifecycle_pipelines.assets.erasure import erasure_soft_delete
 from lifecycle_pipelines.erasure.requests import submit
+from lifecycle_pipelines.schedules import erasure as erasure_schedules
 from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
 from tests.erasure.conftest import dynamodb_items_of, erasure_resources, put_back, run_request
 
@@ -95,13 +97,50 @@ def test_soft_delete_masks_postgres_and_removes_dynamodb_items(
     )
 
 
-def test_the_sensor_turns_new_requests_into_partitions(shop: Any, control: Any) -> None:
-    request = submit(control, shop, "5", "dpo@shop.example", dry_run=True)
+def _sensor_tick(instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
     resources = {"control_db": erasure_resources()["control_db"]}
-    with dg.build_sensor_context(
-        resources=resources, cursor=str(request.request_id - 1)
-    ) as context:
-        result = erasure_request_sensor(context)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return erasure_request_sensor(context)
+
+
+def _requested(result: dg.SensorResult | dg.SkipReason) -> dict[str, str]:
+    if isinstance(result, dg.SkipReason):
+        return {}
+    return {str(r.partition_key): str(r.run_key) for r in result.run_requests or []}
+
+
+def test_the_sensor_turns_every_waiting_request_into_a_partition_and_a_run(
+    shop: Any, control: Any
+) -> None:
+    first = submit(control, shop, "5", "dpo@shop.example", dry_run=True)
+    second = submit(control, shop, "6", "dpo@shop.example", dry_run=True)
+    instance = dg.DagsterInstance.ephemeral()
+    # whichever committed first: both are found, none is skipped by an id cursor
+    requested = _requested(_sensor_tick(instance))
+    assert requested[str(first.request_id)] == f"erasure-{first.request_id}"
+    assert requested[str(second.request_id)] == f"erasure-{second.request_id}"
+    result = _sensor_tick(instance)
     assert isinstance(result, dg.SensorResult)
-    assert next(r.partition_key for r in result.run_requests or []) == str(request.request_id)
-    assert result.cursor is not None and int(result.cursor) >= request.request_id
+    added = result.dynamic_partitions_requests[0]
+    assert {str(first.request_id), str(second.request_id)} <= set(added.partition_keys or [])
+
+
+def test_a_failed_soft_delete_is_launched_again_once_per_failure(
+    shop: Any, control: Any, monkeypatch: Any
+) -> None:
+    request = submit(control, shop, "7", "dpo@shop.example", dry_run=True)
+    key = str(request.request_id)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("erasure_requests", [key])
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="erasure_soft_delete_job",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": key},
+        )
+    )
+    assert key not in _requested(_sensor_tick(instance))  # under way: nothing launched
+    instance.report_run_failed(run)
+    assert key not in _requested(_sensor_tick(instance))  # not before the retry delay
+    monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
+    assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{run.run_id}"
