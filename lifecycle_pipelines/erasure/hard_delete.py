@@ -113,7 +113,9 @@ def hard_delete(
     `issue_certificate(document) -> Certificate` stores the certificate (injected so the
     orchestration does not know where certificates live)."""
     outcome = HardDeleteOutcome(request.request_id, request.state, request.dry_run)
-    if not request.dry_run:
+    # A hold placed after the hard delete defers nothing (there is nothing left to keep) and
+    # must not turn a finished request back into a held one.
+    if not request.dry_run and request.state != "hard_deleted":
         outcome.holds = active_holds(control, subject.subject_id)
         if outcome.holds:
             outcome.state = "held"

@@ -433,11 +433,23 @@ def test_others_stay_intact_reconciliations_pass_and_the_certificate_proves_it(
 def test_repeating_the_request_changes_nothing(world: World, control: Any) -> None:
     request_id = _request_of(control, world["subject"])
     before = certificate.get(control, request_id)
-    again = run_request(erasure_hard_delete, request_id)
+    # a hold placed after the hard delete does not turn the finished request back into "held"
+    hold = place_hold(
+        control, user_id=world["subject"], reason="late hold", placed_by="legal@shop.example"
+    )
+    try:
+        again = run_request(erasure_hard_delete, request_id)
+    finally:
+        lift_hold(control, hold, "legal@shop.example")
     assert again.success
     metadata = again.asset_materializations_for_node("erasure_hard_delete")[0].metadata
     assert metadata["items_changed"].value == 0
+    assert metadata["state"].value == "hard_deleted"
     assert certificate.get(control, request_id) == before
+    state = control.execute(
+        "SELECT state FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
+    ).fetchone()
+    assert state == ("hard_deleted",)
 
 
 def test_a_database_restore_then_the_ledger_replay_leaves_the_subject_erased(

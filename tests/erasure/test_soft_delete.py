@@ -100,7 +100,9 @@ def test_soft_delete_masks_postgres_and_removes_dynamodb_items(
 def _sensor_tick(instance: dg.DagsterInstance) -> dg.SensorResult | dg.SkipReason:
     resources = {"control_db": erasure_resources()["control_db"]}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return erasure_request_sensor(context)
+        result = erasure_request_sensor(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason)
+    return result
 
 
 def _requested(result: dg.SensorResult | dg.SkipReason) -> dict[str, str]:
@@ -121,7 +123,8 @@ def test_the_sensor_turns_every_waiting_request_into_a_partition_and_a_run(
     assert requested[str(second.request_id)] == f"erasure-{second.request_id}"
     result = _sensor_tick(instance)
     assert isinstance(result, dg.SensorResult)
-    added = result.dynamic_partitions_requests[0]
+    added = (result.dynamic_partitions_requests or [])[0]
+    assert isinstance(added, dg.AddDynamicPartitionsRequest)
     assert {str(first.request_id), str(second.request_id)} <= set(added.partition_keys or [])
 
 
