@@ -162,6 +162,15 @@ def changed_documents(
     return _tables(conn, _CHANGED, {"low": low, "high": high}, batch_size)
 
 
+def documents_by_id(
+    conn: psycopg.Connection[Any], ids: list[int], batch_size: int = 5_000
+) -> Iterator[pa.Table]:
+    """The current documents of the products `ids` (soft-deleted ones marked `deleted`; ids
+    without a product yield nothing), in Arrow tables in product order."""
+    statement = _SELECT + "WHERE p.product_id = ANY(%(ids)s) ORDER BY p.product_id"
+    return _tables(conn, statement, {"ids": ids}, batch_size)
+
+
 def to_rows(table: pa.Table) -> list[dict[str, Any]]:
     """The documents of a table as dicts (`updated_at` is ISO text, as in the index)."""
     return table.to_pylist()

@@ -43,6 +43,7 @@ from lifecycle_pipelines.search_sync.documents import (
     all_documents,
     changed_documents,
     commit_safe_high_water,
+    documents_by_id,
     source_versions,
     to_rows,
 )
@@ -122,6 +123,9 @@ class Reconciliation:
         )
 
 
+CONVERGE_ROUNDS = 2  # repair passes after a load before the reconciliation stands
+
+
 @dataclass
 class SyncReport:
     """What one run did (asset metadata)."""
@@ -132,6 +136,7 @@ class SyncReport:
     upserted: int = 0
     soft_deleted: int = 0
     hard_deleted: int = 0
+    repaired: int = 0  # documents rewritten because they differed from the source
     tombstones_replayed: int = 0
     retries: int = 0
     low: datetime | None = None
@@ -315,15 +320,12 @@ class ProductSync:
                 self._delete(index, replay)
                 report.tombstones_replayed = len(replay)
         self.backend.refresh(index)
-        source = self._source_versions().without(replay)
-        report.source_versions = source
-        report.index_versions = self._index_versions(index)
-        report.reconciliation = reconcile(source, report.index_versions)
-        if not report.reconciliation.matches:
+        reconciliation = self._converge(index, report, replay)
+        if not reconciliation.matches:
             raise ReconciliationError(
                 f"{index} does not match the source; alias {self.alias} left on "
                 f"{self.backend.alias_targets(self.alias) or 'nothing'}: "
-                f"{report.reconciliation.describe()}"
+                f"{reconciliation.describe()}"
             )
         self.backend.swap_alias(self.alias, index)
         self._save_state(index, report.high)
@@ -346,20 +348,42 @@ class ProductSync:
             ):
                 self._write(report, index, batch)
         self.backend.refresh(index)
-        source = self._source_versions()
-        indexed = self._index_versions(index)
-        gone = indexed.missing_from(source)
-        if gone:
-            outcome = self._delete(index, gone)
-            if outcome.errors:
-                raise BulkFailure(outcome.errors)
-            report.hard_deleted = len(gone)
-            # the engine confirmed each delete; the scan minus them is the index now (one scan
-            # of the whole index per run instead of two)
-            indexed = indexed.without(gone)
-        self.backend.refresh(index)
-        report.source_versions = source.without(self.tombstones())
-        report.index_versions = indexed
-        report.reconciliation = reconcile(report.source_versions, report.index_versions)
+        self._converge(index, report, self.tombstones())
         self._save_state(index, report.high)
         return report
+
+    def _converge(self, index: str, report: SyncReport, tombstones: list[str]) -> Reconciliation:
+        """Compare the index with the source's (id, version) set and repair what differs, then
+        record the reconciliation in `report`.
+
+        Products the index lacks or holds at another version are read again by id and written;
+        documents of products gone from the source (hard deletes) are deleted. A change that
+        no time window shows (a deleted stock row lowers a product's version) is repaired this
+        way, and so is a write that committed while a full load was reading. Writes keep
+        coming, so this runs up to `CONVERGE_ROUNDS` times, each against a fresh read of the
+        source; the last comparison is the reconciliation."""
+        for attempt in range(CONVERGE_ROUNDS + 1):
+            source = self._source_versions().without(tombstones)
+            indexed = self._index_versions(index)
+            fix = sorted({*source.missing_from(indexed), *source.stale_in(indexed)}, key=int)
+            gone = indexed.missing_from(source)
+            if (not fix and not gone) or attempt == CONVERGE_ROUNDS:
+                break
+            if fix:
+                self.log.info(
+                    f"{index}: rewriting {len(fix)} documents that differ from the source"
+                )
+                before = report.upserted
+                for batch in documents_by_id(self.shop, [int(i) for i in fix]):
+                    self._write(report, index, batch)
+                report.repaired += report.upserted - before
+            if gone:
+                outcome = self._delete(index, gone)
+                if outcome.errors:
+                    raise BulkFailure(outcome.errors)
+                report.hard_deleted += len(gone)
+            self.backend.refresh(index)
+        report.source_versions = source
+        report.index_versions = indexed
+        report.reconciliation = reconcile(source, indexed)
+        return report.reconciliation

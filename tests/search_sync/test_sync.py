@@ -219,3 +219,59 @@ def test_a_change_to_a_brand_category_or_stock_resyncs_its_products(
     assert report.index_versions is not None and report.reconciliation is not None
     assert report.reconciliation.matches
     assert affected <= set(before.stale_in(report.index_versions)) and len(affected) > 1
+
+
+def test_a_deleted_stock_row_is_repaired_by_the_daily_run(
+    engine: Any, shop_conn: Any, control_conn: Any
+) -> None:
+    sync = make_sync(engine, shop_conn, control_conn, safety_lag=timedelta(0))
+    sync.run(NOV)
+    product = shop_conn.execute(
+        "SELECT i.product_id FROM inventory i JOIN products p USING (product_id)"
+        " JOIN brands b USING (brand_id) JOIN categories c USING (category_id)"
+        " WHERE p.deleted_at IS NULL AND i.quantity - i.reserved > 0"
+        " AND GREATEST(p.updated_at, b.updated_at, c.updated_at) < now() - interval '1 day'"
+        " ORDER BY 1 LIMIT 1"
+    ).fetchone()[0]
+    # no updated_at of the window shows this: the product's version goes back in time
+    shop_conn.execute("DELETE FROM inventory WHERE product_id = %s", (product,))
+
+    report = sync.run(NOV)
+
+    assert not report.rotated and report.repaired == 1
+    assert report.reconciliation is not None and report.reconciliation.matches
+    stock = {doc_id: value for doc_id, value in engine.scan_field("catalog-products", "in_stock")}
+    assert stock[str(product)] is False
+
+
+def test_a_write_committed_during_the_full_load_does_not_fail_the_rotation(
+    engine: Any,
+    shop_conn: Any,
+    control_conn: Any,
+    local_stack: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import lifecycle_pipelines.search_sync.sync as sync_module
+
+    loading = sync_module.all_documents
+    product = shop_conn.execute(
+        "SELECT max(product_id) FROM products WHERE deleted_at IS NULL"
+    ).fetchone()[0]
+
+    def load_while_someone_writes(conn: Any, batch_size: int) -> Any:
+        for number, batch in enumerate(loading(conn, batch_size)):
+            yield batch
+            if number == 0:  # another session commits a change the load has not read yet
+                with psycopg.connect(local_stack[0].app_conninfo("shop_search_tests")) as other:
+                    other.execute(
+                        "UPDATE products SET name = 'Midnight Rotation Teapot'"
+                        " WHERE product_id = %s",
+                        (product,),
+                    )
+
+    monkeypatch.setattr(sync_module, "all_documents", load_while_someone_writes)
+    report = make_sync(engine, shop_conn, control_conn, batch_size=50).run(NOV)
+
+    assert report.rotated and report.reconciliation is not None
+    assert report.reconciliation.matches
+    assert _names(engine, "midnight rotation teapot")[0] == "Midnight Rotation Teapot"

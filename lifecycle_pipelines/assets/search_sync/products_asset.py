@@ -59,6 +59,7 @@ def _metadata(report: SyncReport) -> dict[str, dg.MetadataValue]:
         "documents_upserted": dg.MetadataValue.int(report.upserted),
         "documents_soft_deleted": dg.MetadataValue.int(report.soft_deleted),
         "documents_hard_deleted": dg.MetadataValue.int(report.hard_deleted),
+        "documents_repaired": dg.MetadataValue.int(report.repaired),
         "documents_in_index": dg.MetadataValue.int(rec.index_count if rec else 0),
         "bulk_retries": dg.MetadataValue.int(report.retries),
         "high_water_mark": dg.MetadataValue.text(report.high.isoformat() if report.high else "-"),
