@@ -199,8 +199,10 @@ class ArchiveEraser:
         return int(row[0]) if row else 0
 
     def decide(self, obj: ListedObject) -> str:
-        """`rewrite_now`, `at_expiry` or `with_next_restore` for one object."""
-        if _readable(self.s3, obj):
+        """`rewrite_now`, `at_expiry` or `with_next_restore` for one object. An object that a
+        restore test is reading waits for the test to finish (`rewrite_pending` then finds it
+        still restored): rewriting it would replace the version the test checks."""
+        if _readable(self.s3, obj) and not in_open_restore_test(self.control, obj.object_id):
             return "rewrite_now"
         data_type = self.policy.data_types.get(obj.data_type)
         due = expires_on(data_type, obj.partition_month) if data_type else None
@@ -326,12 +328,24 @@ def rewrite_pending(conn: psycopg.Connection[Any], s3: S3Resource) -> dict[str, 
                 (obj.object_id,),
             )
             counts["expired"] += 1
+        elif in_open_restore_test(conn, obj.object_id):
+            counts["waiting"] += 1  # rewritten once the test has checked the restored copy
         elif _readable(s3, obj):
             counts["rows_erased"] += finish_rewrite(conn, s3, obj)
             counts["rewritten"] += 1
         else:
             counts["waiting"] += 1
     return counts
+
+
+def in_open_restore_test(conn: psycopg.Connection[Any], object_id: int) -> bool:
+    """Whether a restore test still waiting for its restores sampled this object."""
+    row = conn.execute(
+        "SELECT 1 FROM lifecycle.restore_test_objects t JOIN lifecycle.restore_tests r"
+        " USING (test_id) WHERE t.object_id = %s AND r.state = 'requested' LIMIT 1",
+        (object_id,),
+    ).fetchone()
+    return row is not None
 
 
 def _readable(s3: S3Resource, obj: ListedObject) -> bool:
