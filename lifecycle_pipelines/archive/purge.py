@@ -150,6 +150,31 @@ def purge_batch(
         assert processed is not None
         if processed[0] == 0:
             return 0, 0, 0
+        # The batch's rows are locked before anything is compared: a writer that changed one
+        # and had not committed yet is waited for, and no change can slip in between the
+        # comparison below and the DELETEs (they would delete the new version). Parents first,
+        # then children, each in key order, as every batch does.
+        conn.execute(
+            sql.SQL(
+                "SELECT 1 FROM {t} s JOIN purge_batch b ON s.{pk} = b.pk"
+                " ORDER BY s.{pk} FOR UPDATE OF s"
+            ).format(
+                t=sql.Identifier(parent.schema, parent.table),
+                pk=sql.Identifier(parent.primary_key),
+            )
+        )
+        for child in children:
+            assert child.foreign_key is not None
+            conn.execute(
+                sql.SQL(
+                    "SELECT 1 FROM {c} c JOIN purge_batch b ON c.{fk} = b.pk"
+                    " ORDER BY c.{cpk} FOR UPDATE OF c"
+                ).format(
+                    c=sql.Identifier(child.schema, child.table),
+                    fk=sql.Identifier(child.foreign_key),
+                    cpk=sql.Identifier(child.primary_key),
+                )
+            )
         # Parents that changed since the snapshot, or whose children did, are kept.
         conn.execute("CREATE TEMP TABLE purge_keep (pk bigint PRIMARY KEY) ON COMMIT DROP")
         if parent.version_column:

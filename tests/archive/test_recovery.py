@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -12,6 +13,7 @@ import pytest
 from lifecycle_pipelines.archive import archiver, manifest, purge
 from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
 from tests.archive.conftest import (
+    ARCHIVE_SHOP_DB,
     add,
     archived_orders_stats,
     assets_of,
@@ -191,3 +193,39 @@ def test_a_failed_reconciliation_blocks_the_purge(
     partition = manifest.get_partition(control_conn, "orders", month)
     assert partition is not None and partition.state == "written"
     assert orders_stats(shop_conn, month) == before
+
+
+def _blocked_on_a_lock(shop_conn: Any, pid_of_writer: int) -> bool:
+    row = shop_conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND %s = ANY(pg_blocking_pids(pid))",
+        (pid_of_writer,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_row_updated_while_the_purge_runs_survives_it(
+    shop_conn: psycopg.Connection[Any], control_conn: Any, local_stack: Any
+) -> None:
+    month = date(2025, 8, 1)
+    assert materialize(assets_of("orders")[:1], month.isoformat()).success
+    shop_conn.autocommit = True
+    victim = shop_conn.execute(
+        "SELECT min(order_id) FROM orders WHERE created_at >= %s AND created_at < %s",
+        (month, date(2025, 9, 1)),
+    ).fetchone()[0]
+    with psycopg.connect(local_stack[0].app_conninfo(ARCHIVE_SHOP_DB)) as writer:
+        writer.execute("UPDATE orders SET total = total + 1000 WHERE order_id = %s", (victim,))
+        writer_pid = writer.info.backend_pid  # the new version is not committed yet
+        with ThreadPoolExecutor(1) as pool:
+            purging = pool.submit(materialize, assets_of("orders")[1:], month.isoformat())
+            # the purge reaches the locked row and waits for the writer (a condition, polled)
+            while not purging.done() and not _blocked_on_a_lock(shop_conn, writer_pid):
+                shop_conn.execute("SELECT pg_sleep(0.05)")
+            writer.commit()
+            result = purging.result()
+    assert result.success
+    metadata = result.asset_materializations_for_node("purge_orders")[0].metadata
+    assert metadata["parents_kept_changed_after_snapshot"].value == 1
+    kept = shop_conn.execute("SELECT total FROM orders WHERE order_id = %s", (victim,)).fetchone()
+    assert kept is not None  # the archive holds the old version: the new one stays in the source
