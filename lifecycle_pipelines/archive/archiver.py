@@ -190,6 +190,10 @@ class MonthArchiver:
         self.shop = shop
         self.control = control
         self.s3 = s3
+        if max_rows_per_object <= 0:
+            raise ValueError(
+                f"max_rows_per_object: must be a positive number of rows, got {max_rows_per_object}"
+            )
         self.max_rows = max_rows_per_object
         self.staging_dir = staging_dir
         self.run_id = run_id

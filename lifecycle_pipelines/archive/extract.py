@@ -283,6 +283,10 @@ class PartWriter:
         on_close: Callable[[StagedPart], None] | None = None,
         transform: Callable[[pa.Table], pa.Table] | None = None,
     ) -> None:
+        if max_rows_per_object <= 0:
+            raise ValueError(
+                f"max_rows_per_object: must be a positive number of rows, got {max_rows_per_object}"
+            )
         self.folder = folder
         self.on_close = on_close
         self.transform = transform

@@ -281,6 +281,8 @@ def purge_partition(
     logger: logging.Logger | Any = log,
 ) -> PurgeProgress:
     """Purge a verified partition's archived rows from the source (see the module docstring)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be a positive number of rows, got {batch_size}")
     with control.connect(autocommit=True) as control_conn:
         ensure_control_schema(control_conn)
         manifest.lock_partition(control_conn, data_type, month.month)

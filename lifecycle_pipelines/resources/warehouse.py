@@ -15,7 +15,6 @@ from pydantic import Field
 from lifecycle_pipelines.resources.aws import AwsResource, SecretsManagerResource
 from lifecycle_pipelines.resources.postgres import PostgresResource
 
-
 PSEUDONYM_KEY_MIN_BYTES = 32
 
 

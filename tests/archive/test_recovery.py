@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from lifecycle_pipelines.archive import archiver, manifest, purge
+from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
 from tests.archive.conftest import (
     ARCHIVE_SHOP_DB,
@@ -210,10 +211,12 @@ def test_a_row_updated_while_the_purge_runs_survives_it(
     month = date(2025, 8, 1)
     assert materialize(assets_of("orders")[:1], month.isoformat()).success
     shop_conn.autocommit = True
-    victim = shop_conn.execute(
+    found = shop_conn.execute(
         "SELECT min(order_id) FROM orders WHERE created_at >= %s AND created_at < %s",
         (month, date(2025, 9, 1)),
-    ).fetchone()[0]
+    ).fetchone()
+    assert found is not None
+    victim = found[0]
     with psycopg.connect(local_stack[0].app_conninfo(ARCHIVE_SHOP_DB)) as writer:
         writer.execute("UPDATE orders SET total = total + 1000 WHERE order_id = %s", (victim,))
         writer_pid = writer.info.backend_pid  # the new version is not committed yet
@@ -229,3 +232,41 @@ def test_a_row_updated_while_the_purge_runs_survives_it(
     assert metadata["parents_kept_changed_after_snapshot"].value == 1
     kept = shop_conn.execute("SELECT total FROM orders WHERE order_id = %s", (victim,)).fetchone()
     assert kept is not None  # the archive holds the old version: the new one stays in the source
+
+
+@pytest.mark.parametrize(
+    ("asset", "config"),
+    [("archive_orders", {"max_rows_per_object": 0}), ("purge_orders", {"batch_size": 0})],
+)
+def test_a_non_positive_size_is_refused_before_anything_runs(
+    asset: str, config: dict[str, int], control_conn: Any
+) -> None:
+    month = date(2024, 12, 1)
+    result = materialize(
+        assets_of("orders"),
+        month.isoformat(),
+        selection=[asset],
+        run_config={"ops": {asset: {"config": config}}},
+    )
+    assert not result.success
+    failure = result.failure_data_for_node(asset)
+    assert failure is not None and next(iter(config)) in str(failure.error)
+    ensure_control_schema(control_conn)
+    assert manifest.get_partition(control_conn, "orders", month) is None
+
+
+def test_the_library_refuses_non_positive_sizes_naming_the_field(tmp_path: Any) -> None:
+    from lifecycle_pipelines.archive.extract import PartWriter
+
+    with pytest.raises(ValueError, match=r"^max_rows_per_object: "):
+        PartWriter(tmp_path, "orders", str, 0, {})
+    with pytest.raises(ValueError, match=r"^batch_size: "):
+        purge.purge_partition(
+            shop=None,  # type: ignore[arg-type]
+            control=None,  # type: ignore[arg-type]
+            s3=None,  # type: ignore[arg-type]
+            data_type="orders",
+            policy=None,  # type: ignore[arg-type]
+            month=None,  # type: ignore[arg-type]
+            batch_size=0,
+        )

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
 from lifecycle_pipelines.archive.archiver import ArchiveResult, MonthArchiver
 from lifecycle_pipelines.archive.glue import register_partition
@@ -37,14 +38,22 @@ CHECK_DESCRIPTIONS = {
 class ArchiveConfig(dg.Config):
     """Run configuration of an archive asset."""
 
-    max_rows_per_object: int = 500_000
-    staging_dir: str | None = None
+    max_rows_per_object: int = Field(
+        default=500_000, gt=0, description="Rows per archived Parquet object (a part)."
+    )
+    staging_dir: str | None = Field(
+        default=None, description="Local folder for the parts before upload (default: a temp dir)."
+    )
 
 
 class PurgeConfig(dg.Config):
     """Run configuration of a purge asset."""
 
-    batch_size: int = 5_000
+    batch_size: int = Field(
+        default=5_000,
+        gt=0,
+        description="Archived parents deleted (with their children) per purge transaction.",
+    )
 
 
 def today() -> datetime:
