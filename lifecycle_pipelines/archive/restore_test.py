@@ -88,13 +88,29 @@ def test_objects(conn: psycopg.Connection[Any], test_id: int) -> list[SampledObj
     return [_sampled(r) for r in rows]
 
 
+RESTORE_TIERS = ("Expedited", "Standard", "Bulk")
+
+
 def start_restore_test(
     conn: psycopg.Connection[Any], s3_client: Any, *, sample_size: int, days: int, tier: str
 ) -> tuple[int | None, list[SampledObject], bool]:
-    """Start a test (or return the open one): (test id, its objects, started now)."""
+    """Start a test (or return the open one): (test id, its objects, started now).
+
+    Every object of the test that is not readable gets a restore request, also when the open
+    test is returned: a request that failed or a restored copy that expired before the test
+    was verified is asked for again, so an open test never waits for nothing. The settings are
+    checked before anything is recorded."""
+    if tier not in RESTORE_TIERS:
+        raise ValueError(f"tier: expected one of {RESTORE_TIERS}, got {tier!r}")
+    if days < 1:
+        raise ValueError(f"restore_days: a restored copy must live at least 1 day, got {days}")
+    if sample_size < 1:
+        raise ValueError(f"sample_size: must be at least 1, got {sample_size}")
     current = open_test(conn)
     if current is not None:
-        return current, test_objects(conn, current), False
+        sample = test_objects(conn, current)
+        _request_unreadable(s3_client, sample, days, tier)
+        return current, sample, False
     rows = conn.execute(
         f"SELECT {_OBJECT_COLUMNS} FROM lifecycle.archive_objects o"
         " WHERE o.state IN ('verified', 'purged') ORDER BY random() LIMIT %s",
@@ -113,10 +129,14 @@ def start_restore_test(
                 "INSERT INTO lifecycle.restore_test_objects (test_id, object_id) VALUES (%s, %s)",
                 (test[0], item.entry.object_id),
             )
+    _request_unreadable(s3_client, sample, days, tier)
+    return int(test[0]), sample, True
+
+
+def _request_unreadable(s3_client: Any, sample: list[SampledObject], days: int, tier: str) -> None:
     for item in sample:
         if not readability(s3_client, item.entry).readable:
             request_restore(s3_client, item.entry, days, tier)
-    return int(test[0]), sample, True
 
 
 def restore_progress(

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from lifecycle_pipelines.archive import archiver, manifest, purge
-from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
+from lifecycle_pipelines.control import ensure_control_schema
 from tests.archive.conftest import (
     ARCHIVE_SHOP_DB,
     add,
@@ -241,7 +241,7 @@ def test_a_row_updated_while_the_purge_runs_survives_it(
 def test_a_non_positive_size_is_refused_before_anything_runs(
     asset: str, config: dict[str, int], control_conn: Any
 ) -> None:
-    month = date(2024, 12, 1)
+    month = date(2025, 2, 1)
     result = materialize(
         assets_of("orders"),
         month.isoformat(),

@@ -10,7 +10,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from lifecycle_pipelines.archive import manifest
+from lifecycle_pipelines.archive import manifest, restore_test
 from lifecycle_pipelines.assets.archive import (
     archive_restore_requests,
     archive_restore_verification,
@@ -59,6 +59,46 @@ def test_restore_test_requests_waits_and_verifies_against_the_manifest(
         (metadata["test_id"].value,),
     ).fetchone()
     assert state == ("passed",)
+
+
+def test_an_open_restore_test_asks_again_for_restores_that_never_happened(
+    control_conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert materialize(assets_of("orders")[:1], "2025-01-01").success
+    control_conn.execute(
+        "UPDATE lifecycle.restore_tests SET state = 'failed', finished_at = now()"
+        " WHERE state = 'requested'"
+    )  # this test's own open test, from a fresh start
+    with dg.build_resources({"s3": archive_resources()["s3"]}) as resources:
+        client = resources.s3.client("s3")
+        with pytest.raises(ValueError, match=r"^tier: "):
+            restore_test.start_restore_test(
+                control_conn, client, sample_size=2, days=2, tier="Fastest"
+            )
+        assert restore_test.open_test(control_conn) is None  # nothing recorded
+
+        def crash(*args: Any) -> bool:
+            raise RuntimeError("lost the connection to S3")
+
+        monkeypatch.setattr(restore_test, "request_restore", crash)
+        with pytest.raises(RuntimeError):  # every archived object is sampled, this month's too
+            restore_test.start_restore_test(
+                control_conn, client, sample_size=10_000, days=2, tier="Bulk"
+            )
+        test_id = restore_test.open_test(control_conn)
+        assert test_id is not None
+        readable, total = restore_test.restore_progress(control_conn, client, test_id)
+        assert readable < total  # this month's Glacier objects were never asked for
+        monkeypatch.undo()
+
+        again, _, started = restore_test.start_restore_test(
+            control_conn, client, sample_size=10_000, days=2, tier="Bulk"
+        )
+        assert again == test_id and not started
+        assert restore_test.restore_progress(control_conn, client, test_id) == (total, total)
+    control_conn.execute(  # closed, so that no later test finds it open
+        "UPDATE lifecycle.restore_tests SET state = 'failed' WHERE test_id = %s", (test_id,)
+    )
 
 
 def test_retention_expiry_deletes_every_version_unless_held(

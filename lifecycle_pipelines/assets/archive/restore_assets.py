@@ -6,7 +6,10 @@ then materializes `archive_restore_verification`, whose check compares the resto
 the manifest (SHA-256, then the GX suite with the manifest's figures).
 """
 
+from typing import Literal
+
 import dagster as dg
+from pydantic import Field
 
 from lifecycle_pipelines.archive.restore_test import (
     open_test,
@@ -26,9 +29,13 @@ RESTORE_CHECK = "restored_sample_matches_manifest"
 class RestoreRequestConfig(dg.Config):
     """How many objects to sample and how to restore them."""
 
-    sample_size: int = 4
-    restore_days: int = 2
-    tier: str = "Bulk"
+    sample_size: int = Field(default=4, ge=1, description="Archived objects sampled per test.")
+    restore_days: int = Field(
+        default=2, ge=1, description="Days a restored copy stays readable (Glacier RestoreObject)."
+    )
+    tier: Literal["Expedited", "Standard", "Bulk"] = Field(
+        default="Bulk", description="Glacier retrieval tier: Bulk is the cheapest and slowest."
+    )
 
 
 @dg.asset(
