@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from lifecycle_pipelines.archive.crypto import PERSONAL_COLUMN, SubjectKeyring
 from lifecycle_pipelines.archive.expiry import expires_on, lock_reason, object_versions
 from lifecycle_pipelines.archive.extract import ROW_GROUP_ROWS
+from lifecycle_pipelines.archive.manifest import object_hold
 from lifecycle_pipelines.archive.reader import object_readability
 from lifecycle_pipelines.erasure.stores import Remaining, StoreResult, Subject
 from lifecycle_pipelines.policy import RetentionPolicy
@@ -202,7 +203,11 @@ class ArchiveEraser:
         """`rewrite_now`, `at_expiry` or `with_next_restore` for one object. An object that a
         restore test is reading waits for the test to finish (`rewrite_pending` then finds it
         still restored): rewriting it would replace the version the test checks."""
-        if _readable(self.s3, obj) and not in_open_restore_test(self.control, obj.object_id):
+        if (
+            _readable(self.s3, obj)
+            and not in_open_restore_test(self.control, obj.object_id)
+            and object_hold(self.control, obj.bucket, obj.object_key) is None
+        ):
             return "rewrite_now"
         data_type = self.policy.data_types.get(obj.data_type)
         due = expires_on(data_type, obj.partition_month) if data_type else None
@@ -330,6 +335,8 @@ def rewrite_pending(conn: psycopg.Connection[Any], s3: S3Resource) -> dict[str, 
             counts["expired"] += 1
         elif in_open_restore_test(conn, obj.object_id):
             counts["waiting"] += 1  # rewritten once the test has checked the restored copy
+        elif object_hold(conn, obj.bucket, obj.object_key) is not None:
+            counts["waiting"] += 1  # a legal hold keeps every version as it is
         elif _readable(s3, obj):
             counts["rows_erased"] += finish_rewrite(conn, s3, obj)
             counts["rewritten"] += 1

@@ -101,7 +101,9 @@ def expire_archives(
                 if entry.state not in ("verified", "purged", "held"):
                     continue
                 versions = object_versions(client, entry.bucket, entry.object_key)
-                reasons = [
+                hold = manifest.object_hold(conn, entry.bucket, entry.object_key)
+                reasons = [f"legal hold {hold} (lifecycle)"] if hold is not None else []
+                reasons += [
                     r
                     for v in versions
                     if (r := lock_reason(client, entry.bucket, entry.object_key, v))

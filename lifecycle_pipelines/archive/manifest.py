@@ -334,3 +334,15 @@ def lock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -
         raise PartitionBusy(
             f"{data_type} {month:%Y-%m}: another run holds this partition; this run changed nothing"
         )
+
+
+def object_hold(conn: psycopg.Connection[Any], bucket: str, object_key: str) -> int | None:
+    """The id of an active legal hold placed on this archive object (`lifecycle erasure hold
+    --s3-uri`), if any. A held object is neither expired nor rewritten; its hold's free-text
+    reason is not returned (it may name people), only its id."""
+    row = conn.execute(
+        "SELECT min(hold_id) FROM lifecycle.erasure_holds"
+        " WHERE lifted_at IS NULL AND bucket = %s AND object_key = %s",
+        (bucket, object_key),
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])

@@ -17,6 +17,7 @@ from lifecycle_pipelines.assets.archive import (
     archive_retention_expiry,
     build_month_assets,
 )
+from lifecycle_pipelines.erasure.holds import lift_hold, place_hold
 from lifecycle_pipelines.policy import load_policy
 from lifecycle_pipelines.schedules.archive import archive_restore_sensor, archive_schedule
 from tests.archive.conftest import archive_resources, assets_of, materialize, objects_under
@@ -140,6 +141,34 @@ def test_retention_expiry_deletes_every_version_unless_held(
     again = dg.materialize([archive_retention_expiry], resources=archive_resources())
     assert again.success
     assert objects_under("users/user_activity/year=2024/month=02/") == []
+
+
+def test_a_hold_placed_with_the_lifecycle_command_keeps_an_object_past_retention(
+    control_conn: psycopg.Connection[Any],
+) -> None:
+    month = date(2024, 3, 1)
+    assert materialize(assets_of("user_activity"), month.isoformat()).success
+    held = manifest.get_objects(control_conn, "user_activity", month)[0]
+    hold = place_hold(
+        control_conn,
+        s3_uri=f"s3://{held.bucket}/{held.object_key}",
+        reason="tax audit 2024",
+        placed_by="legal@shop.example",
+    )
+    prefix = "users/user_activity/year=2024/month=03/"
+
+    result = dg.materialize([archive_retention_expiry], resources=archive_resources())
+
+    assert result.success
+    assert objects_under(prefix) != []
+    state = control_conn.execute(
+        "SELECT state, hold_reason FROM lifecycle.archive_objects WHERE object_id = %s",
+        (held.object_id,),
+    ).fetchone()
+    assert state == ("held", f"legal hold {hold} (lifecycle)")  # the reason text stays private
+    assert lift_hold(control_conn, hold, "legal@shop.example")
+    assert dg.materialize([archive_retention_expiry], resources=archive_resources()).success
+    assert objects_under(prefix) == []
 
 
 def test_the_monthly_schedule_runs_the_newest_eligible_month() -> None:
