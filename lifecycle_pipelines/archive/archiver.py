@@ -46,6 +46,7 @@ from lifecycle_pipelines.archive.crypto import (
     ENCRYPTION_SCHEME,
     PERSONAL_COLUMN,
     SubjectKeyring,
+    archived_schema,
     encrypt_personal,
 )
 from lifecycle_pipelines.archive.extract import (
@@ -217,7 +218,7 @@ class MonthArchiver:
                 existing = manifest.get_partition(control_conn, self.data_type, self.month.month)
                 if existing is not None and existing.state != "written":
                     result = self._confirm_existing(
-                        control_conn, existing.state, existing.source_rows
+                        control_conn, existing.state, existing.source_rows, shapes
                     )
                 else:
                     result = self._archive(control_conn, shapes)
@@ -226,9 +227,21 @@ class MonthArchiver:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _confirm_existing(self, conn: Any, state: str, source_rows: int) -> ArchiveResult:
-        """A verified/purged partition: check S3 still holds every recorded object version."""
+    def _confirm_existing(
+        self, conn: Any, state: str, source_rows: int, shapes: list[TableShape]
+    ) -> ArchiveResult:
+        """A verified/purged partition: check S3 still holds every recorded object version.
+
+        The objects' schemas follow from the tables' (their bytes may be in Glacier), so the
+        asset registers the partition in Glue again: a registration that failed after the
+        verification is retried by re-running the month."""
         result = ArchiveResult(self.month, state, source_rows=source_rows, reused=True)
+        result.schemas = {
+            shape.table: archived_schema(
+                shape.arrow_schema(), shape.personal_columns, shape.subject_column
+            )
+            for shape in shapes
+        }
         outcome = CheckOutcome("reconciliation")
         client = self.s3.client("s3")
         for entry in manifest.get_objects(conn, self.data_type, self.month.month):

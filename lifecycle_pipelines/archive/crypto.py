@@ -180,6 +180,17 @@ def _text_array(values: Sequence[str]) -> str:
     return "{" + ",".join(f'"{v}"' for v in quoted) + "}"
 
 
+def archived_schema(
+    schema: pa.Schema, personal_columns: Sequence[str], subject_column: str | None
+) -> pa.Schema:
+    """The schema of an archived object of a table with `schema`: its personal columns replaced
+    by the `_personal` ciphertext column at the end (as `encrypt_personal` writes it)."""
+    if not personal_columns or not subject_column:
+        return schema
+    kept = [f for f in schema if f.name not in set(personal_columns)]
+    return pa.schema([*kept, pa.field(PERSONAL_COLUMN, pa.binary())])
+
+
 def subject_ids(column: pa.ChunkedArray | pa.Array) -> list[str]:
     """Subject ids as text (the key of `subject_keys`); NULL subjects map to UNATTRIBUTED."""
     as_text = pc.cast(column, pa.string()).fill_null(UNATTRIBUTED)

@@ -83,6 +83,19 @@ def test_partitions_are_registered_in_the_glue_catalog(control_conn: Any) -> Non
         DatabaseName=GLUE_DATABASE, TableName="orders_orders", PartitionValues=["2024", "10"]
     )["Partition"]
     assert partition["StorageDescriptor"]["Location"].endswith("/year=2024/month=10/")
+    written = partition["StorageDescriptor"]["Columns"]
+
+    # a registration lost after the verification is made again by re-running the month, with
+    # the same columns (derived from the table: the object itself may be in Glacier)
+    glue.delete_partition(
+        DatabaseName=GLUE_DATABASE, TableName="orders_orders", PartitionValues=["2024", "10"]
+    )
+    rerun = materialize(assets_of("orders")[:1], month.isoformat())
+    assert rerun.success
+    again = glue.get_partition(
+        DatabaseName=GLUE_DATABASE, TableName="orders_orders", PartitionValues=["2024", "10"]
+    )["Partition"]
+    assert again["StorageDescriptor"]["Columns"] == written
 
 
 def test_a_month_inside_the_active_window_fails_and_writes_nothing(
