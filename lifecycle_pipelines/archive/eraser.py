@@ -76,12 +76,16 @@ class Rewrite:
 
 
 def listed_objects(conn: psycopg.Connection[Any], subject_id: str) -> list[ListedObject]:
-    """Objects holding rows of the subject (expired objects no longer exist and are left out)."""
+    """Objects holding rows of the subject. Expired objects no longer exist; objects of a
+    month still `written` (not verified) are left out too: the month's re-run replaces them,
+    and with the subject's key destroyed it writes their personal columns as NULL (a rewrite
+    planned on them would also block that re-run)."""
     rows = conn.execute(
         "SELECT o.object_id, o.data_type, o.partition_month, o.bucket, o.object_key,"
         " o.version_id, o.storage_class, o.state, s.row_count"
         " FROM lifecycle.subject_index s JOIN lifecycle.archive_objects o USING (object_id)"
-        " WHERE s.subject_id = %s AND o.state <> 'expired' ORDER BY o.object_id",
+        " WHERE s.subject_id = %s AND o.state NOT IN ('expired', 'written')"
+        " ORDER BY o.object_id",
         (subject_id,),
     ).fetchall()
     return [ListedObject(*row) for row in rows]

@@ -7,15 +7,22 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
+import dagster as dg
 import psycopg
 import pytest
 
 from lifecycle_pipelines.archive import archiver, manifest, purge
+from lifecycle_pipelines.archive.crypto import SubjectKeyring
+from lifecycle_pipelines.archive.eraser import ArchiveEraser
 from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
 from lifecycle_pipelines.control import ensure_control_schema
+from lifecycle_pipelines.erasure.requests import submit
+from lifecycle_pipelines.erasure.stores import Subject
+from lifecycle_pipelines.policy import load_policy
 from tests.archive.conftest import (
     ARCHIVE_SHOP_DB,
     add,
+    archive_resources,
     archived_orders_stats,
     assets_of,
     materialize,
@@ -270,3 +277,45 @@ def test_the_library_refuses_non_positive_sizes_naming_the_field(tmp_path: Any) 
             month=None,  # type: ignore[arg-type]
             batch_size=0,
         )
+
+
+def test_an_erasure_between_a_failed_verification_and_the_re_run_does_not_block_it(
+    shop_conn: psycopg.Connection[Any], control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    month = date(2025, 9, 1)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash("verification interrupted")
+
+    monkeypatch.setattr(archiver, "verify_object", crash)
+    assert not materialize(assets_of("orders")[:1], month.isoformat()).success
+    monkeypatch.undo()
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "written"
+    found = shop_conn.execute(
+        "SELECT user_id FROM orders WHERE created_at >= %s AND created_at < %s"
+        " AND user_id IS NOT NULL LIMIT 1",
+        (month, date(2025, 10, 1)),
+    ).fetchone()
+    assert found is not None
+    subject = str(found[0])
+    with dg.build_resources({"s3": archive_resources()["s3"]}) as resources:
+        s3 = resources.s3
+        keyring = SubjectKeyring(control_conn, s3.client("kms"), s3.sse_kms_key_id)
+        request = submit(control_conn, shop_conn, subject, "privacy@shop.example")
+        eraser = ArchiveEraser(
+            control_conn,
+            s3,
+            keyring,
+            load_policy(),
+            request_id=request.request_id,
+            today=date(2026, 11, 25),
+        )
+        results = eraser.erase(Subject(subject, "pseudonym"), dry_run=False)
+    assert {r.store: r.changed for r in results}["archive.subject_key"] == 1
+
+    rerun = materialize(assets_of("orders")[:1], month.isoformat())
+
+    assert rerun.success
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and partition.state == "verified"
