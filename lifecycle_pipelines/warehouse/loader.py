@@ -56,6 +56,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg.copy import QueuedLibpqWriter
@@ -277,6 +278,10 @@ class HourLoader:
                 "shop: the source connection must be in autocommit mode (the load reads the hour "
                 "in a snapshot transaction of its own); nothing was loaded"
             )
+        if self.engine == "postgres" and isinstance(self.warehouse, psycopg.Connection):
+            # The bound read under the targets' locks must see what other loads committed:
+            # READ COMMITTED, whatever the server's default_transaction_isolation says.
+            self.warehouse.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         mark = commit_safe_high_water(self.shop, self.safety_lag)
         if mark < end:
             raise HourNotClosed(
