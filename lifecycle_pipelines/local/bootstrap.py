@@ -67,6 +67,9 @@ def bootstrap_postgres(admin_conninfo: str, app_password: str, report: Bootstrap
                 )
             )
         report.record(f"postgres role {APP_ROLE}", exists is None)
+        # Commit-safe watermarks read other sessions' transaction starts (pg_stat_activity);
+        # on RDS the pipelines' role needs the same grant (see the README).
+        conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(APP_ROLE)))
         for dbname in (SHOP_DB, WAREHOUSE_DB, CONTROL_DB):
             found = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)

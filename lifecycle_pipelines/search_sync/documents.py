@@ -13,6 +13,7 @@ database (and by a safety lag), and every run re-reads an overlap before its pre
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from lifecycle_pipelines.archive.extract import CopyStream
+
+log = logging.getLogger(__name__)
 
 DOCUMENT_COLUMNS = (
     "product_id",
@@ -78,20 +81,39 @@ ORDER BY p.product_id
 )
 
 
+UNSEEN_TRANSACTIONS_LAG = timedelta(minutes=15)
+
+
 def commit_safe_high_water(conn: psycopg.Connection[Any], safety_lag: timedelta) -> datetime:
     """The latest instant every committed-or-not change before it is visible now: the earlier
     of `now() - safety_lag` and the start of the oldest other open transaction.
 
-    Seeing other sessions' transaction starts needs the `pg_read_all_stats` role (pg_monitor)
-    on RDS; without it only the safety lag protects late commits.
+    Seeing other roles' transaction starts needs the `pg_read_all_stats` role (pg_monitor; on
+    RDS: `GRANT pg_read_all_stats TO <role>`). Without it those transactions are invisible, so
+    the lag alone protects late commits: it is then at least `UNSEEN_TRANSACTIONS_LAG`, and a
+    warning says why.
     """
+    row = conn.execute(
+        "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')"
+        " OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    ).fetchone()
+    if not (row and row[0]):
+        if safety_lag < UNSEEN_TRANSACTIONS_LAG:
+            log.warning(
+                "the database role cannot see other roles' open transactions (grant it "
+                "pg_read_all_stats); changes younger than %d minutes are not taken as final",
+                UNSEEN_TRANSACTIONS_LAG // timedelta(minutes=1),
+            )
+        safety_lag = max(safety_lag, UNSEEN_TRANSACTIONS_LAG)
     row = conn.execute(
         """
         SELECT LEAST(
             now() - make_interval(secs => %s),
             COALESCE((SELECT min(xact_start) FROM pg_stat_activity
                       WHERE datname = current_database() AND pid <> pg_backend_pid()
-                        AND xact_start IS NOT NULL), 'infinity'))
+                        AND xact_start IS NOT NULL), 'infinity'),
+            COALESCE((SELECT min(prepared) FROM pg_prepared_xacts
+                      WHERE database = current_database()), 'infinity'))
         """,
         (safety_lag.total_seconds(),),
     ).fetchone()
