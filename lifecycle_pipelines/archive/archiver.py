@@ -49,6 +49,7 @@ from lifecycle_pipelines.archive.crypto import (
     archived_schema,
     encrypt_personal,
 )
+from lifecycle_pipelines.archive.expiry import delete_strays
 from lifecycle_pipelines.archive.extract import (
     ARCHIVE_CSV_BLOCK_BYTES,
     PSQL_ENV,
@@ -295,6 +296,7 @@ class MonthArchiver:
             gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
+            self._delete_stray_parts(shapes, entries)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
@@ -511,6 +513,22 @@ class MonthArchiver:
             f"{part.size_bytes} bytes, {storage_class})"
         )
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
+
+    def _delete_stray_parts(
+        self, shapes: list[TableShape], entries: list[manifest.ObjectEntry]
+    ) -> None:
+        """Remove objects of this month's folders that the verified manifest does not list
+        (parts of an earlier attempt that failed before verification and wrote more parts)."""
+        client = self.s3.client("s3")
+        keep = {entry.object_key for entry in entries}
+        for shape in shapes:
+            folder = object_key(self.policy, shape.table, self.month.month, 0).rsplit("/", 1)[0]
+            removed = delete_strays(client, self.bucket, f"{folder}/", keep)
+            if removed:
+                self.log.warning(
+                    f"{self.month.label}: removed {len(removed)} stray objects under "
+                    f"{self.s3.uri(self.bucket, folder)}/ left by an earlier attempt"
+                )
 
     def _part_file_name(self, table: str, part: int) -> str:
         return Path(object_key(self.policy, table, self.month.month, part)).name

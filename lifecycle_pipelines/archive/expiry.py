@@ -73,6 +73,27 @@ def lock_reason(client: Any, bucket: str, key: str, version: dict[str, Any]) -> 
     return None
 
 
+def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list[str]:
+    """Delete every version of the objects under `prefix` whose key is not in `keep`; returns
+    the keys removed. For a month's folder: parts of an earlier, unverified attempt that wrote
+    more parts than the verified one (Athena reads every file under a partition's location).
+    A version Object Lock protects is left, with a warning."""
+    removed: set[str] = set()
+    paginator = client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            key = version["Key"]
+            if key in keep:
+                continue
+            reason = lock_reason(client, bucket, key, version)
+            if reason:
+                log.warning("s3://%s/%s: a stray version is kept (%s)", bucket, key, reason)
+                continue
+            client.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+            removed.add(key)
+    return sorted(removed)
+
+
 def expire_archives(
     conn: psycopg.Connection[Any],
     client: Any,

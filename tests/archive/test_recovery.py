@@ -26,6 +26,7 @@ from tests.archive.conftest import (
     archived_orders_stats,
     assets_of,
     materialize,
+    objects_under,
     orders_stats,
 )
 
@@ -319,3 +320,27 @@ def test_an_erasure_between_a_failed_verification_and_the_re_run_does_not_block_
     assert rerun.success
     partition = manifest.get_partition(control_conn, "orders", month)
     assert partition is not None and partition.state == "verified"
+
+
+def test_parts_left_by_an_attempt_that_wrote_more_parts_are_removed(
+    control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    month = date(2025, 7, 1)
+    folder = "orders/orders/year=2025/month=07/"
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash("verification interrupted")
+
+    monkeypatch.setattr(archiver, "verify_object", crash)
+    small_parts = {"ops": {"archive_orders": {"config": {"max_rows_per_object": 20}}}}
+    assert not materialize(
+        assets_of("orders")[:1], month.isoformat(), run_config=small_parts
+    ).success
+    monkeypatch.undo()
+    assert len(objects_under(folder)) > 1
+
+    assert materialize(assets_of("orders")[:1], month.isoformat()).success
+
+    listed = {e.object_key for e in manifest.get_objects(control_conn, "orders", month)}
+    assert set(objects_under(folder)) == {k for k in listed if k.startswith(folder)}
+    assert len(set(objects_under(folder))) == 1

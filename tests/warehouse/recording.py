@@ -3,7 +3,7 @@ not reachable here) in the tests of the SQL the Redshift backend issues."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from lifecycle_pipelines.warehouse.model import catalog_type
 
@@ -56,7 +56,8 @@ class RecordingConnection:
         if "information_schema" in last:
             return [("dim_users",), ("fact_orders",)]
         if "format_type(" in last:  # the catalog's columns: those of the recorded CREATE TABLE
-            return self._created_columns(*params)
+            schema, table = cast(tuple[str, str], params)
+            return self._created_columns(schema, table)
         return []
 
     def _created_columns(self, schema: str, table: str) -> list[tuple[str, str]]:
