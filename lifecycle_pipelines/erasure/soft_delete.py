@@ -86,10 +86,12 @@ def soft_delete_dynamodb(
     ]
 
 
-def record(
+def record_store(
     control: psycopg.Connection[Any], request_id: int, results: list[StoreResult], *, dry_run: bool
 ) -> None:
-    """Append the results to the ledger and move a real request to soft_deleted."""
+    """Append one store's results to the ledger, as soon as that store is done: a failure in
+    a later store must not leave what this one changed unrecorded (a re-run finds nothing
+    left to change and would record 0)."""
     with control.transaction():
         for result in results:
             control.execute(
@@ -104,10 +106,13 @@ def record(
                     ),
                 ),
             )
-        if not dry_run:
-            control.execute(
-                "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now(),"
-                " soft_deleted_at = now()"
-                " WHERE request_id = %s AND state = 'received'",
-                (request_id,),
-            )
+
+
+def mark_soft_deleted(control: psycopg.Connection[Any], request_id: int) -> None:
+    """Move a real request to soft_deleted once every store is done."""
+    control.execute(
+        "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now(),"
+        " soft_deleted_at = now()"
+        " WHERE request_id = %s AND state = 'received'",
+        (request_id,),
+    )

@@ -147,3 +147,35 @@ def test_a_failed_soft_delete_is_launched_again_once_per_failure(
     assert key not in _requested(_sensor_tick(instance))  # not before the retry delay
     monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
     assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{run.run_id}"
+
+
+def test_what_a_store_changed_is_in_the_ledger_even_when_a_later_store_fails(
+    shop: Any, control: Any, subject: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lifecycle_pipelines.assets.erasure.erasers import ErasureStores
+
+    request = submit(control, shop, subject, "dpo@shop.example")
+
+    def search_down(self: Any) -> Any:
+        raise ConnectionRefusedError("search engine unreachable")
+
+    monkeypatch.setattr(ErasureStores, "search_eraser", search_down)
+    failed = run_request(erasure_soft_delete, request.request_id)
+    assert not failed.success
+    monkeypatch.undo()
+    assert _run(request.request_id).success  # the retry finds PostgreSQL already masked
+
+    changed = dict(
+        control.execute(
+            "SELECT store, sum((detail->>'changed')::int) FROM lifecycle.erasure_ledger"
+            " WHERE request_id = %s AND action = 'soft delete' GROUP BY store",
+            (request.request_id,),
+        ).fetchall()
+    )
+    assert changed["postgres.users"] == 1  # recorded by the failed run, not lost
+    assert changed["dynamodb.Sessions"] > 0
+    state = control.execute(
+        "SELECT state FROM lifecycle.erasure_requests WHERE request_id = %s",
+        (request.request_id,),
+    ).fetchone()
+    assert state == ("soft_deleted",)

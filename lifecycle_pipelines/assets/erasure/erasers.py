@@ -3,7 +3,7 @@ per run, in the order the hard delete runs them (archive first: the key is destr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,17 +77,32 @@ class ErasureStores:
             checked_patterns=[PRODUCT_INDICES],
         )
 
-    def soft_delete(self, request: ErasureRequest, *, dry_run: bool) -> list[StoreResult]:
+    def soft_delete(
+        self,
+        request: ErasureRequest,
+        *,
+        dry_run: bool,
+        on_store: Callable[[list[StoreResult]], None] | None = None,
+    ) -> list[StoreResult]:
         """The soft delete of a request's subject: PostgreSQL masking, DynamoDB items and
-        search documents removed."""
-        results = soft_delete_postgres(self.shop, request.subject_id, dry_run=dry_run)
-        results += soft_delete_dynamodb(
-            self.dynamodb.table("Sessions"),
-            self.dynamodb.table("UserPreferences"),
-            request.subject_id,
-            dry_run=dry_run,
-        )
-        results += self.search_eraser().erase(self.subject(request), dry_run=dry_run)
+        search documents removed. `on_store` gets each store's results as soon as it is done
+        (the ledger records them before the next store runs)."""
+        steps: list[Callable[[], list[StoreResult]]] = [
+            lambda: soft_delete_postgres(self.shop, request.subject_id, dry_run=dry_run),
+            lambda: soft_delete_dynamodb(
+                self.dynamodb.table("Sessions"),
+                self.dynamodb.table("UserPreferences"),
+                request.subject_id,
+                dry_run=dry_run,
+            ),
+            lambda: self.search_eraser().erase(self.subject(request), dry_run=dry_run),
+        ]
+        results: list[StoreResult] = []
+        for step in steps:
+            done = step()
+            if on_store is not None:
+                on_store(done)
+            results += done
         return results
 
     def replay(self) -> tuple[ReplayReport, dict[str, int]]:

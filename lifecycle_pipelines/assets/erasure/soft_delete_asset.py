@@ -7,6 +7,8 @@ subject the shop does not know completes with a 'no data found' certificate, aft
 confirmed it holds nothing.
 """
 
+from functools import partial
+
 import dagster as dg
 
 from lifecycle_pipelines.assets.erasure.erasers import open_stores
@@ -14,7 +16,7 @@ from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.hard_delete import hard_delete
 from lifecycle_pipelines.erasure.requests import status
-from lifecycle_pipelines.erasure.soft_delete import record
+from lifecycle_pipelines.erasure.soft_delete import mark_soft_deleted, record_store
 from lifecycle_pipelines.erasure.stores import StoreResult, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
@@ -112,8 +114,13 @@ def erasure_soft_delete(
                     "certified; investigate before erasing"
                 )
             return dg.MaterializeResult(metadata=metadata)
-        results = stores.soft_delete(request, dry_run=request.dry_run)
-        record(control, request_id, results, dry_run=request.dry_run)
+        results = stores.soft_delete(
+            request,
+            dry_run=request.dry_run,
+            on_store=partial(record_store, control, request_id, dry_run=request.dry_run),
+        )
+        if not request.dry_run:
+            mark_soft_deleted(control, request_id)
         metadata = _metadata(request_id, results, request.dry_run, request.state)
         if request.dry_run:
             plan = hard_delete(
