@@ -54,8 +54,11 @@ class PurgeProgress:
     finished: bool = False
 
 
-def ensure_purge_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create or update the purge bookkeeping schema in the source database."""
+def ensure_source_schema(conn: psycopg.Connection[Any]) -> None:
+    """Create or update the pipelines' schema in the source database (`lifecycle_archive`):
+    the purge bookkeeping, and the deletion tombstones with their triggers on the shop tables
+    the warehouse loads (the role needs to own those tables, or a DBA applies
+    `archive/shop_migrations/` once)."""
     apply_migrations(conn, MIGRATIONS, schema=PURGE_SCHEMA)
 
 
@@ -140,6 +143,8 @@ def purge_batch(
     """
     dt, pm = month.data_type, month.month
     with conn.transaction():
+        # archived rows leave the source, not the warehouse: no deletion tombstones for them
+        conn.execute("SELECT set_config('lifecycle.purge', 'on', true)")
         conn.execute(
             "CREATE TEMP TABLE purge_batch ON COMMIT DROP AS SELECT pk, version"
             " FROM lifecycle_archive.purge_keys WHERE data_type = %s AND partition_month = %s"
@@ -296,7 +301,7 @@ def purge_partition(
         if partition.state == "expired":
             raise PurgeRefused(f"{month.label} has expired from the archive; nothing to purge")
         with shop.connect(autocommit=True) as conn:
-            ensure_purge_schema(conn)
+            ensure_source_schema(conn)
             shapes = check_shapes(conn, data_type, policy)
             current = progress(conn, month)
             if current is None:

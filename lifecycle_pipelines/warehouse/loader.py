@@ -62,6 +62,7 @@ import pyarrow.compute as pc
 from psycopg.copy import QueuedLibpqWriter
 
 from lifecycle_pipelines.archive.columns import SourceColumn, TableShape, read_columns
+from lifecycle_pipelines.archive.purge import ensure_source_schema
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.checks.gx import CheckOutcome
 from lifecycle_pipelines.resources.s3 import S3Resource
@@ -182,6 +183,7 @@ class _Staged:
     excluded: int = 0
     uri: str = ""
     purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
+    removed: list[Any] = field(default_factory=list)  # keys of rows deleted in the source
     dates: set[int] = field(default_factory=set)
 
     @property
@@ -282,6 +284,7 @@ class HourLoader:
             # The bound read under the targets' locks must see what other loads committed:
             # READ COMMITTED, whatever the server's default_transaction_isolation says.
             self.warehouse.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+        ensure_source_schema(self.shop)  # the deletion tombstones read below
         mark = commit_safe_high_water(self.shop, self.safety_lag)
         if mark < end:
             raise HourNotClosed(
@@ -450,6 +453,7 @@ class HourLoader:
             if item.has_stage:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)
+            target.purge(cur, table, item.removed)  # hard deletes in the source
             dates.update(item.dates)
         target.merge_dates(cur, sorted(dates))
         clock.lap("drop_purge_dates")
@@ -461,7 +465,14 @@ class HourLoader:
         deleted = None
         if USER_KEY in table.derived and not is_user_dimension(table):
             deleted = self._source.deleted_users(table, hour, end)
-        return _Staged(plan, stage=f"stage_{table.name}", deleted=deleted)
+        staged = _Staged(plan, stage=f"stage_{table.name}", deleted=deleted)
+        gone = self._source.deleted_keys(table, hour, end)
+        if is_user_dimension(table):
+            keys = self._user_keys(pa.array(gone, pa.int64())).to_pylist()
+            staged.removed = [k for k in keys if k is not None]
+        else:
+            staged.removed = gone
+        return staged
 
     def _figures_beside_stream(
         self, pool: ThreadPoolExecutor, plan: _Plan, hour: datetime, end: datetime

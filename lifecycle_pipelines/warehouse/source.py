@@ -139,6 +139,17 @@ class HourSource:
         )
         return pa.array([int(row[0]) for row in self.shop.execute(query).fetchall()], pa.int64())
 
+    def deleted_keys(self, table: WarehouseTable, hour: datetime, end: datetime) -> list[int]:
+        """Keys of the table's source rows deleted in [hour, end), from the tombstones the
+        shop's delete triggers record (`lifecycle_archive.deletions`; archive purges record
+        none)."""
+        rows = self.shop.execute(
+            "SELECT DISTINCT pk FROM lifecycle_archive.deletions WHERE table_name = %s"
+            " AND deleted_at >= %s AND deleted_at < %s",
+            (table.source_table, hour, end),
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
     def key_profile(
         self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
     ) -> tuple[int, int]:

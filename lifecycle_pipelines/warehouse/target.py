@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,8 +174,9 @@ class WarehouseTarget:
             money_cents={m: int(v) for m, v in zip(table.money, row[3:], strict=True)},
         )
 
-    def purge(self, cur: Any, table: WarehouseTable, keys: list[str]) -> None:
-        """Delete the rows of soft-deleted users (bound keys, in chunks)."""
+    def purge(self, cur: Any, table: WarehouseTable, keys: Sequence[Any]) -> None:
+        """Delete the rows of these keys (soft-deleted users, rows deleted in the source):
+        bound keys, in chunks."""
         for start in range(0, len(keys), PURGE_CHUNK):
             chunk = tuple(keys[start : start + PURGE_CHUNK])
             cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)

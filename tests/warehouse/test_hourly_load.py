@@ -267,6 +267,43 @@ def test_a_changed_source_column_type_fails_naming_the_column_and_loads_nothing(
         shop.execute("ALTER TABLE orders ALTER COLUMN total TYPE numeric(12,2)")
 
 
+def test_rows_deleted_in_the_source_leave_the_warehouse_but_archive_purges_do_not(
+    shop: Any, warehouse: Any
+) -> None:
+    hour = _busiest_hour(shop)
+    assert _load(hour).success  # also installs the shop's deletion tombstones
+    deleted, purged = (
+        row[0]
+        for row in shop.execute(
+            "SELECT order_item_id FROM order_items WHERE updated_at >= %s AND updated_at < %s"
+            " ORDER BY order_item_id LIMIT 2",
+            (hour, hour + timedelta(hours=1)),
+        ).fetchall()
+    )
+    shop.execute("DELETE FROM order_items WHERE order_item_id = %s", (deleted,))
+    with shop.transaction():  # as the archive purge deletes: archived, so no tombstone
+        shop.execute("SELECT set_config('lifecycle.purge', 'on', true)")
+        shop.execute("DELETE FROM order_items WHERE order_item_id = %s", (purged,))
+    # the delete happened "now"; date its tombstone into the hour being loaded again
+    shop.execute(
+        "UPDATE lifecycle_archive.deletions SET deleted_at = %s"
+        " WHERE table_name = 'order_items' AND pk = %s",
+        (hour + timedelta(minutes=1), deleted),
+    )
+
+    reloaded = _load(hour)
+
+    assert reloaded.success
+    left = {
+        row[0]
+        for row in warehouse.execute(
+            "SELECT order_item_id FROM analytics.fact_order_items WHERE order_item_id IN (%s, %s)",
+            (deleted, purged),
+        )
+    }
+    assert left == {purged}
+
+
 def test_an_hour_that_has_not_ended_is_refused(warehouse: Any) -> None:
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     before = _facts(warehouse) if _has_facts(warehouse) else None
