@@ -352,6 +352,8 @@ class MonthArchiver:
                 side_conn.execute,
                 sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)),
             )
+            for setting in EXTRACTION_SETTINGS:  # the same month bounds as the extraction's
+                side.submit(side_conn.execute, f"SET LOCAL {setting}")
             parent_keys = side.submit(parent_key_range, side_conn, parent, self.month)
             subject_keys = self._subject_keys(run, parent)
             pending: list[tuple[TableShape, list[StagedPart], Future[Any]]] = []
