@@ -84,6 +84,10 @@ class TableSink(Protocol):
         ...
 
 
+class SyncBusy(RuntimeError):
+    """Another sync of the same alias holds its lock; nothing was changed."""
+
+
 class ReconciliationError(RuntimeError):
     """The new index does not match the source; the alias was not moved."""
 
@@ -292,11 +296,25 @@ class ProductSync:
         self.backend.put_index_template(self.alias, index_template(self.rules))
 
     def run(self, day: date) -> SyncReport:
+        """Rotate to the month's index if it is newer than the alias's, else apply the changes.
+
+        One sync per alias at a time (a session advisory lock in the control database): a
+        scheduled run and a backfill overlapping would otherwise both rotate, and one could
+        delete the index the other is building."""
         started = time.perf_counter()
-        target = index_name(day)
-        current = self.backend.alias_targets(self.alias)
-        newest = max(current, default="")
-        report = self.rotate(target) if target > newest else self.increment(newest)
+        lock = ("lifecycle.search_sync:" + self.alias,)
+        row = self.control.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", lock
+        ).fetchone()
+        if not (row and row[0]):
+            raise SyncBusy(f"alias {self.alias}: another sync is running; nothing was changed")
+        try:
+            target = index_name(day)
+            current = self.backend.alias_targets(self.alias)
+            newest = max(current, default="")
+            report = self.rotate(target) if target > newest else self.increment(newest)
+        finally:
+            self.control.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", lock)
         report.seconds = time.perf_counter() - started
         return report
 

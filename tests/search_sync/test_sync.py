@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from lifecycle_pipelines.resources.search.tantivy_backend import TantivyBackend
-from lifecycle_pipelines.search_sync.sync import ReconciliationError
+from lifecycle_pipelines.search_sync.sync import ReconciliationError, SyncBusy
 from tests.search_sync.conftest import make_sync
 
 NOV, DEC = date(2026, 11, 20), date(2026, 12, 2)
@@ -275,3 +275,17 @@ def test_a_write_committed_during_the_full_load_does_not_fail_the_rotation(
     assert report.rotated and report.reconciliation is not None
     assert report.reconciliation.matches
     assert _names(engine, "midnight rotation teapot")[0] == "Midnight Rotation Teapot"
+
+
+def test_a_second_sync_of_the_same_alias_waits_for_none_and_changes_nothing(
+    engine: Any, shop_conn: Any, control_conn: Any, local_stack: Any
+) -> None:
+    with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as other:
+        other.execute(  # another run holds the alias's lock
+            "SELECT pg_advisory_lock(hashtextextended('lifecycle.search_sync:catalog-products', 0))"
+        )
+        with pytest.raises(SyncBusy, match="another sync is running"):
+            make_sync(engine, shop_conn, control_conn).run(NOV)
+        assert engine.alias_targets("catalog-products") == []
+    report = make_sync(engine, shop_conn, control_conn).run(NOV)  # the lock went with it
+    assert report.rotated

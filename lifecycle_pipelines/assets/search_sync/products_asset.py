@@ -13,7 +13,7 @@ from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import PostgresResource, SearchResource
 from lifecycle_pipelines.search_sync.index_config import load_synonyms
 from lifecycle_pipelines.search_sync.quality import check_sync
-from lifecycle_pipelines.search_sync.sync import ProductSync, SyncReport, SyncSettings
+from lifecycle_pipelines.search_sync.sync import ProductSync, SyncBusy, SyncReport, SyncSettings
 
 SEARCH_PARTITIONS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
 KEY = dg.AssetKey("search_products")
@@ -105,9 +105,12 @@ def search_products(
         control_db.connect(autocommit=True) as control,
     ):
         ensure_control_schema(control)
-        report = ProductSync(search.get_backend(), shop, control, rules, settings, context.log).run(
-            day
-        )
+        sync = ProductSync(search.get_backend(), shop, control, rules, settings, context.log)
+        try:
+            report = sync.run(day)
+        except SyncBusy as err:  # an overlapping run of the same alias: try again later
+            context.log.warning(f"{err}; retrying in 5 minutes")
+            raise dg.RetryRequested(max_retries=6, seconds_to_wait=300) from err
     outcomes = check_sync(report)
     yield dg.MaterializeResult(
         metadata=_metadata(report),
