@@ -76,10 +76,39 @@ def progress(conn: psycopg.Connection[Any], month: ArchiveMonth) -> PurgeProgres
     return PurgeProgress(row[0], row[1], row[2], row[4], row[3])
 
 
+def _check_keys(
+    conn: psycopg.Connection[Any], month: ArchiveMonth, verified: dict[str, tuple[int, int]]
+) -> None:
+    rows = conn.execute(
+        "SELECT table_name, count(*), coalesce(sum(pk), 0) FROM lifecycle_archive.purge_keys"
+        " WHERE data_type = %s AND partition_month = %s GROUP BY table_name",
+        (month.data_type, month.month),
+    ).fetchall()
+    loaded = {table: (int(count), int(total)) for table, count, total in rows}
+    differ = sorted(
+        f"{table}: keys {loaded.get(table, (0, 0))}, verified objects {verified.get(table, (0, 0))}"
+        for table in set(loaded) | set(verified)
+        if loaded.get(table, (0, 0)) != verified.get(table, (0, 0))
+    )
+    if differ:
+        raise PurgeRefused(
+            f"{month.label}: the keys to purge disagree with the verified objects (rows, key "
+            f"sum): {'; '.join(differ)}; nothing was deleted"
+        )
+
+
 def load_keys(
-    conn: psycopg.Connection[Any], month: ArchiveMonth, partition: PartitionEntry, s3: S3Resource
+    conn: psycopg.Connection[Any],
+    month: ArchiveMonth,
+    partition: PartitionEntry,
+    s3: S3Resource,
+    verified: dict[str, tuple[int, int]] | None = None,
 ) -> int:
-    """Load the partition's keys object into purge_keys (once); returns the keys loaded."""
+    """Load the partition's keys object into purge_keys (once); returns the keys loaded.
+
+    `verified` maps each table to (rows, key sum) of its verified objects in the manifest:
+    keys that disagree with it (a keys object that lists a row no verified object holds)
+    are refused before anything is deleted."""
     if partition.keys_object_key is None or partition.keys_bucket is None:
         with conn.transaction():
             conn.execute(
@@ -122,6 +151,8 @@ def load_keys(
                     pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
                     copy.write(buffer.getvalue())
                     loaded += batch.num_rows
+            if verified is not None:
+                _check_keys(conn, month, verified)
             conn.execute(
                 "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month)"
                 " VALUES (%s, %s)",
@@ -305,7 +336,11 @@ def purge_partition(
             shapes = check_shapes(conn, data_type, policy)
             current = progress(conn, month)
             if current is None:
-                loaded = load_keys(conn, month, partition, s3)
+                verified: dict[str, tuple[int, int]] = {}
+                for entry in manifest.get_objects(control_conn, data_type, month.month):
+                    rows, total = verified.get(entry.table_name, (0, 0))
+                    verified[entry.table_name] = (rows + entry.row_count, total + entry.pk_sum)
+                loaded = load_keys(conn, month, partition, s3, verified)
                 logger.info(f"{month.label}: {loaded} archived keys loaded for the purge")
             while True:
                 deleted, kept, parents = purge_batch(conn, month, shapes[0], shapes[1:], batch_size)

@@ -344,3 +344,25 @@ def test_parts_left_by_an_attempt_that_wrote_more_parts_are_removed(
     listed = {e.object_key for e in manifest.get_objects(control_conn, "orders", month)}
     assert set(objects_under(folder)) == {k for k in listed if k.startswith(folder)}
     assert len(set(objects_under(folder))) == 1
+
+
+def test_keys_that_disagree_with_the_verified_objects_are_refused_before_any_delete(
+    shop_conn: psycopg.Connection[Any], control_conn: Any
+) -> None:
+    month = date(2025, 10, 1)
+    assert materialize(assets_of("orders")[:1], month.isoformat()).success
+    before = orders_stats(shop_conn, month)
+    # as if the keys object listed a row that no verified object holds
+    control_conn.execute(
+        "UPDATE lifecycle.archive_objects SET pk_sum = pk_sum - 1 WHERE object_id = ("
+        " SELECT min(object_id) FROM lifecycle.archive_objects WHERE data_type = 'orders'"
+        " AND partition_month = %s AND table_name = 'orders')",
+        (month,),
+    )
+
+    result = materialize(assets_of("orders")[1:], month.isoformat())
+
+    assert not result.success
+    failure = result.failure_data_for_node("purge_orders")
+    assert failure is not None and "disagree with the verified objects" in str(failure.error)
+    assert orders_stats(shop_conn, month) == before  # nothing was deleted
