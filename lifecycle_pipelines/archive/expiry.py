@@ -76,22 +76,20 @@ def lock_reason(client: Any, bucket: str, key: str, version: dict[str, Any]) -> 
 def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list[str]:
     """Delete every version of the objects under `prefix` whose key is not in `keep`; returns
     the keys removed. For a month's folder: parts of an earlier, unverified attempt that wrote
-    more parts than the verified one (Athena reads every file under a partition's location).
-    A version Object Lock protects is left, with a warning."""
-    removed: set[str] = set()
-    paginator = client.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for version in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            key = version["Key"]
-            if key in keep:
-                continue
+    more parts than the verified one (Athena reads every current object under a partition's
+    location). Only current keys are listed (one cheap listing when there is nothing to do);
+    a version Object Lock protects is left, with a warning."""
+    strays = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        strays += [item["Key"] for item in page.get("Contents", []) if item["Key"] not in keep]
+    for key in strays:
+        for version in object_versions(client, bucket, key):
             reason = lock_reason(client, bucket, key, version)
             if reason:
                 log.warning("s3://%s/%s: a stray version is kept (%s)", bucket, key, reason)
                 continue
             client.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
-            removed.add(key)
-    return sorted(removed)
+    return sorted(strays)
 
 
 def expire_archives(
