@@ -161,6 +161,21 @@ def load_keys(
     return loaded
 
 
+def _lock_batch_rows(conn: psycopg.Connection[Any], shape: TableShape, batch_column: str) -> None:
+    """Lock (FOR UPDATE, in key order) the rows of `shape` whose `batch_column` is a parent key
+    of the current batch."""
+    conn.execute(
+        sql.SQL(
+            "SELECT 1 FROM {t} r JOIN purge_batch b ON r.{column} = b.pk"
+            " ORDER BY r.{pk} FOR UPDATE OF r"
+        ).format(
+            t=sql.Identifier(shape.schema, shape.table),
+            column=sql.Identifier(batch_column),
+            pk=sql.Identifier(shape.primary_key),
+        )
+    )
+
+
 def purge_batch(
     conn: psycopg.Connection[Any],
     month: ArchiveMonth,
@@ -190,27 +205,10 @@ def purge_batch(
         # and had not committed yet is waited for, and no change can slip in between the
         # comparison below and the DELETEs (they would delete the new version). Parents first,
         # then children, each in key order, as every batch does.
-        conn.execute(
-            sql.SQL(
-                "SELECT 1 FROM {t} s JOIN purge_batch b ON s.{pk} = b.pk"
-                " ORDER BY s.{pk} FOR UPDATE OF s"
-            ).format(
-                t=sql.Identifier(parent.schema, parent.table),
-                pk=sql.Identifier(parent.primary_key),
-            )
-        )
+        _lock_batch_rows(conn, parent, parent.primary_key)
         for child in children:
             assert child.foreign_key is not None
-            conn.execute(
-                sql.SQL(
-                    "SELECT 1 FROM {c} c JOIN purge_batch b ON c.{fk} = b.pk"
-                    " ORDER BY c.{cpk} FOR UPDATE OF c"
-                ).format(
-                    c=sql.Identifier(child.schema, child.table),
-                    fk=sql.Identifier(child.foreign_key),
-                    cpk=sql.Identifier(child.primary_key),
-                )
-            )
+            _lock_batch_rows(conn, child, child.foreign_key)
         # Parents that changed since the snapshot, or whose children did, are kept.
         conn.execute("CREATE TEMP TABLE purge_keep (pk bigint PRIMARY KEY) ON COMMIT DROP")
         if parent.version_column:
