@@ -141,6 +141,19 @@ def _integer_key(where: str, field: str, column: SourceColumn) -> None:
         )
 
 
+def _version_column(
+    where: str, field: str, schema: str, table: str, columns: list[SourceColumn]
+) -> str:
+    """The column that versions a row (`updated_at`); the purge compares it with the snapshot's
+    to keep rows changed after the extraction, so a table without one cannot be archived."""
+    if not any(c.name == "updated_at" for c in columns):
+        raise ArchiveConfigError(
+            f"retention.yaml: {where}.{field}: {schema}.{table} has no updated_at column; the "
+            "purge needs it to keep rows that change after the extraction"
+        )
+    return "updated_at"
+
+
 def check_parent(conn: psycopg.Connection[Any], name: str, policy: DataTypePolicy) -> TableShape:
     """Check the parent table of data type `name` against its policy; ArchiveConfigError if not."""
     where = f"data_types.{name}"
@@ -151,7 +164,7 @@ def check_parent(conn: psycopg.Connection[Any], name: str, policy: DataTypePolic
         )
     if len(policy.primary_key) != 1:
         raise ArchiveConfigError(f"retention.yaml: {where}.primary_key: give exactly one column")
-    version = "updated_at" if any(c.name == "updated_at" for c in columns) else None
+    version = _version_column(where, "table", policy.schema_name, policy.table, columns)
     by_name = _check(
         where,
         columns,
@@ -216,7 +229,7 @@ def check_child(
         )
     for column in columns:
         column.arrow_type  # noqa: B018
-    version = "updated_at" if "updated_at" in by_name else None
+    version = _version_column(where, "table", child.schema_name, child.table, columns)
     return TableShape(
         schema=child.schema_name,
         table=child.table,

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 
 from lifecycle_pipelines.archive import manifest, restore_test
+from lifecycle_pipelines.archive.columns import ArchiveConfigError
+from lifecycle_pipelines.archive.scope import check_shapes
 from lifecycle_pipelines.assets.archive import (
     archive_restore_requests,
     archive_restore_verification,
@@ -218,3 +220,24 @@ def test_keys_and_money_must_have_the_right_types(
     failure = result.failure_data_for_node("archive_orders")
     assert failure is not None
     assert f"data_types.orders.{next(iter(change))}" in str(failure.error)
+
+
+def test_a_table_without_a_version_column_cannot_be_archived(
+    shop_conn: psycopg.Connection[Any],
+) -> None:
+    shop_conn.execute(
+        "CREATE TABLE IF NOT EXISTS orders_without_versions (order_id bigint PRIMARY KEY,"
+        " user_id bigint, created_at timestamptz NOT NULL)"
+    )
+    shop_conn.commit()
+    policy = load_policy().get("orders")
+    unversioned = policy.model_copy(
+        update={
+            "table": "orders_without_versions",
+            "personal_columns": [],
+            "money_columns": [],
+            "children": [],
+        }
+    )
+    with pytest.raises(ArchiveConfigError, match=r"data_types\.orders\.table: .*no updated_at"):
+        check_shapes(shop_conn, "orders", unversioned)
