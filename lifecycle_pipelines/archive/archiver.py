@@ -98,6 +98,10 @@ EXTRACTION_SETTINGS = (
 )
 
 
+class ArchiveExpired(RuntimeError):
+    """The partition's archive has expired; there is nothing to archive or confirm."""
+
+
 @dataclass(frozen=True)
 class StoredPart:
     """A part once uploaded: what S3 answered, and the figures read back from the file."""
@@ -217,6 +221,11 @@ class MonthArchiver:
                 ensure_control_schema(control_conn)
                 manifest.lock_partition(control_conn, self.data_type, self.month.month)
                 existing = manifest.get_partition(control_conn, self.data_type, self.month.month)
+                if existing is not None and existing.state == "expired":
+                    raise ArchiveExpired(
+                        f"partition_key: {self.month.label} was archived, purged and has expired "
+                        "from the archive (its retention ended); nothing was changed"
+                    )
                 if existing is not None and existing.state != "written":
                     result = self._confirm_existing(
                         control_conn, existing.state, existing.source_rows, shapes

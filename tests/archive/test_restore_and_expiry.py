@@ -129,6 +129,9 @@ def test_retention_expiry_deletes_every_version_unless_held(
     assert objects_under("users/user_activity/year=2024/month=02/") != []
     expired = manifest.get_partition(control_conn, "user_activity", expired_month)
     assert expired is not None and expired.state == "expired"
+    again = materialize(assets_of("user_activity")[:1], expired_month.isoformat())
+    failure = again.failure_data_for_node("archive_user_activity")
+    assert failure is not None and "has expired from the archive" in str(failure.error)
     reason = control_conn.execute(
         "SELECT state, hold_reason FROM lifecycle.archive_objects WHERE object_id = %s",
         (held.object_id,),
