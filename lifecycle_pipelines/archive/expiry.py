@@ -30,6 +30,7 @@ class ExpiryReport:
     versions_deleted: int = 0
     held: list[str] = field(default_factory=list)
     not_purged: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # partitions another run held: next pass
 
 
 def expires_on(policy: DataTypePolicy, month: date) -> date | None:
@@ -115,56 +116,75 @@ def expire_archives(
             if state != "purged":
                 report.not_purged.append(label)
                 continue
-            held_here = False
-            for entry in manifest.get_objects(conn, data_type, month):
-                if entry.state not in ("verified", "purged", "held"):
-                    continue
-                versions = object_versions(client, entry.bucket, entry.object_key)
-                hold = manifest.object_hold(conn, entry.bucket, entry.object_key)
-                reasons = [f"legal hold {hold} (lifecycle)"] if hold is not None else []
-                reasons += [
-                    r
-                    for v in versions
-                    if (r := lock_reason(client, entry.bucket, entry.object_key, v))
-                ]
-                if reasons:
-                    held_here = True
-                    report.held.append(f"s3://{entry.bucket}/{entry.object_key}: {reasons[0]}")
-                    conn.execute(
-                        "UPDATE lifecycle.archive_objects SET state = 'held', hold_reason = %s"
-                        " WHERE object_id = %s",
-                        (reasons[0], entry.object_id),
-                    )
-                    continue
-                for version in versions:
-                    client.delete_object(
-                        Bucket=entry.bucket, Key=entry.object_key, VersionId=version["VersionId"]
-                    )
-                    report.versions_deleted += 1
-                with conn.transaction():
-                    conn.execute(
-                        "UPDATE lifecycle.archive_objects SET state = 'expired',"
-                        " expired_at = now(), hold_reason = NULL WHERE object_id = %s",
-                        (entry.object_id,),
-                    )
-                    conn.execute(
-                        "DELETE FROM lifecycle.subject_index WHERE object_id = %s",
-                        (entry.object_id,),
-                    )
-                report.objects_deleted += 1
-                log.info("expired s3://%s/%s", entry.bucket, entry.object_key)
-            if held_here:
+            try:
+                manifest.lock_partition(conn, data_type, month)
+            except manifest.PartitionBusy:
+                report.busy.append(label)  # an archive or purge of it is running: next pass
                 continue
-            if keys_bucket and keys_key:
-                for version in object_versions(client, keys_bucket, keys_key):
-                    client.delete_object(
-                        Bucket=keys_bucket, Key=keys_key, VersionId=version["VersionId"]
-                    )
-                    report.versions_deleted += 1
-            conn.execute(
-                "UPDATE lifecycle.archive_partitions SET state = 'expired', expired_at = now()"
-                " WHERE data_type = %s AND partition_month = %s",
-                (data_type, month),
-            )
-            report.partitions_expired.append(label)
+            try:
+                _expire_partition(conn, client, data_type, month, keys_bucket, keys_key, report)
+            finally:
+                manifest.unlock_partition(conn, data_type, month)
     return report
+
+
+def _expire_partition(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    data_type: str,
+    month: date,
+    keys_bucket: str | None,
+    keys_key: str | None,
+    report: ExpiryReport,
+) -> None:
+    """Delete one partition's objects (every version) unless a hold keeps one; then its keys
+    object, and mark it expired. Runs under the partition's lock."""
+    label = f"{data_type} {month:%Y-%m}"
+    held_here = False
+    for entry in manifest.get_objects(conn, data_type, month):
+        if entry.state not in ("verified", "purged", "held"):
+            continue
+        versions = object_versions(client, entry.bucket, entry.object_key)
+        hold = manifest.object_hold(conn, entry.bucket, entry.object_key)
+        reasons = [f"legal hold {hold} (lifecycle)"] if hold is not None else []
+        reasons += [
+            r for v in versions if (r := lock_reason(client, entry.bucket, entry.object_key, v))
+        ]
+        if reasons:
+            held_here = True
+            report.held.append(f"s3://{entry.bucket}/{entry.object_key}: {reasons[0]}")
+            conn.execute(
+                "UPDATE lifecycle.archive_objects SET state = 'held', hold_reason = %s"
+                " WHERE object_id = %s",
+                (reasons[0], entry.object_id),
+            )
+            continue
+        for version in versions:
+            client.delete_object(
+                Bucket=entry.bucket, Key=entry.object_key, VersionId=version["VersionId"]
+            )
+            report.versions_deleted += 1
+        with conn.transaction():
+            conn.execute(
+                "UPDATE lifecycle.archive_objects SET state = 'expired',"
+                " expired_at = now(), hold_reason = NULL WHERE object_id = %s",
+                (entry.object_id,),
+            )
+            conn.execute(
+                "DELETE FROM lifecycle.subject_index WHERE object_id = %s",
+                (entry.object_id,),
+            )
+        report.objects_deleted += 1
+        log.info("expired s3://%s/%s", entry.bucket, entry.object_key)
+    if held_here:
+        return
+    if keys_bucket and keys_key:
+        for version in object_versions(client, keys_bucket, keys_key):
+            client.delete_object(Bucket=keys_bucket, Key=keys_key, VersionId=version["VersionId"])
+            report.versions_deleted += 1
+    conn.execute(
+        "UPDATE lifecycle.archive_partitions SET state = 'expired', expired_at = now()"
+        " WHERE data_type = %s AND partition_month = %s",
+        (data_type, month),
+    )
+    report.partitions_expired.append(label)

@@ -336,6 +336,13 @@ def lock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -
         )
 
 
+def unlock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
+    """Release the lock `lock_partition` took on this connection (for passes that visit many
+    partitions on one connection)."""
+    key = f"lifecycle.archive:{data_type}:{month.isoformat()}"
+    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
 def object_hold(conn: psycopg.Connection[Any], bucket: str, object_key: str) -> int | None:
     """The id of an active legal hold placed on this archive object (`lifecycle erasure hold
     --s3-uri`), if any. A held object is neither expired nor rewritten; its hold's free-text

@@ -176,6 +176,23 @@ def test_a_hold_placed_with_the_lifecycle_command_keeps_an_object_past_retention
     assert objects_under(prefix) == []
 
 
+def test_expiry_leaves_a_partition_another_run_holds_for_the_next_pass(
+    control_conn: psycopg.Connection[Any], local_stack: Any
+) -> None:
+    month = date(2024, 4, 1)
+    assert materialize(assets_of("user_activity"), month.isoformat()).success
+    prefix = "users/user_activity/year=2024/month=04/"
+    with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as other:
+        manifest.lock_partition(other, "user_activity", month)  # e.g. a purge still running
+        busy = dg.materialize([archive_retention_expiry], resources=archive_resources())
+        assert busy.success
+        metadata = busy.asset_materializations_for_node("archive_retention_expiry")[0].metadata
+        assert metadata["partitions_busy"].value == 1
+        assert objects_under(prefix) != []
+    assert dg.materialize([archive_retention_expiry], resources=archive_resources()).success
+    assert objects_under(prefix) == []
+
+
 def test_the_monthly_schedule_runs_the_newest_eligible_month() -> None:
     policy = load_policy()
     job = dg.define_asset_job("j", selection=["archive_orders"])

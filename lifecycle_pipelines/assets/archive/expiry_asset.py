@@ -33,6 +33,8 @@ def archive_retention_expiry(
         context.log.warning(f"{label}: past retention but never purged; left in place")
     for line in report.held:
         context.log.info(f"held: {line}")
+    for label in report.busy:
+        context.log.info(f"{label}: another run holds the partition; left for the next pass")
     lines = [f"- expired: {p}" for p in report.partitions_expired] + [
         f"- held: {h}" for h in report.held
     ]
@@ -42,6 +44,7 @@ def archive_retention_expiry(
             "objects_deleted": dg.MetadataValue.int(report.objects_deleted),
             "versions_deleted": dg.MetadataValue.int(report.versions_deleted),
             "objects_held": dg.MetadataValue.int(len(report.held)),
+            "partitions_busy": dg.MetadataValue.int(len(report.busy)),
             "summary": dg.MetadataValue.md("\n".join(lines) or "nothing past retention"),
         }
     )
