@@ -387,7 +387,7 @@ class HourLoader:
                 # first in the transaction: Redshift's snapshot isolation wants the lock up front
                 self._target.lock(cur, self._locked(staged))
                 for item in staged:
-                    cur.execute(sql.create_stage(self.schema, item.plan.table.name, item.stage))
+                    cur.execute(sql.create_stage(item.stage, item.plan.columns))
                     cur.execute(sql.redshift_copy(item.stage, item.uri, self.role or ""))
                 self._merge_all(cur, staged, result, locked=True)
                 self._check_before_commit(staged, result)
@@ -566,7 +566,7 @@ class HourLoader:
         columns = [name for name, _ in order]
         into: tuple[str, ...] = (self.schema, plan.table.name)
         if item.direct is None:
-            cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+            cur.execute(sql.create_stage(item.stage, plan.columns))
             into = (item.stage,)
         encoder = BinaryCopyEncoder(order)
         parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
@@ -597,7 +597,7 @@ class HourLoader:
             if spool is not None:
                 spool.write(TRAILER)
                 spool.seek(0)
-                cur.execute(sql.create_stage(self.schema, plan.table.name, item.stage))
+                cur.execute(sql.create_stage(item.stage, plan.columns))
                 with cur.copy(sql.copy_binary((item.stage,), columns)) as copy:
                     while chunk := spool.read(SPOOL_CHUNK_BYTES):
                         copy.write(chunk)

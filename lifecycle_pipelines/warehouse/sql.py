@@ -57,9 +57,12 @@ def add_column(schema: str, table: str, column: str, type_: str) -> str:
     return f"ALTER TABLE {ident(schema, table)} ADD COLUMN {ident(column)} {type_}"
 
 
-def create_stage(schema: str, table: str, stage: str) -> str:
-    """A temporary staging table shaped like the target (dropped with the session)."""
-    return f"CREATE TEMP TABLE {ident(stage)} (LIKE {ident(schema, table)})"
+def create_stage(stage: str, columns: list[tuple[str, str]]) -> str:
+    """A temporary staging table with the load's columns in the load's order (dropped with the
+    session). Not `LIKE` the target: Redshift's COPY from Parquet maps columns by position, and
+    a target that gained a column at its end no longer has the staged file's order."""
+    body = ", ".join(f"{ident(name)} {type_}" for name, type_ in columns)
+    return f"CREATE TEMP TABLE {ident(stage)} ({body})"
 
 
 def drop_older(schema: str, table: str, stage: str, key: str, version: str) -> str:
