@@ -132,3 +132,20 @@ def test_a_tampered_certificate_breaks_the_chain(control: Any, shop: Any) -> Non
             (cert.version_id, cert.sequence),
         )
     assert any(f"certificate {cert.sequence}" in p for p in problems)
+
+
+def test_a_hard_deleted_request_without_a_certificate_is_a_problem_of_the_chain(
+    control: Any,
+) -> None:
+    request_id = control.execute(
+        "INSERT INTO lifecycle.erasure_requests (subject_id, requested_by, state)"
+        " VALUES ('987654324', 'privacy-team', 'hard_deleted') RETURNING request_id"
+    ).fetchone()[0]
+    try:
+        with dg.build_resources({"s3": erasure_resources()["s3"]}) as resources:
+            problems = certificate.verify_chain(control, resources.s3)
+    finally:  # this test's own request: other tests replay every finished one
+        control.execute(
+            "DELETE FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
+        )
+    assert f"request {request_id}: hard-deleted but without a certificate" in problems
