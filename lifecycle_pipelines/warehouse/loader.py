@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
 PARQUET_QUEUE_BATCHES = 4  # batches waiting for the background Parquet writer
 SPOOL_CHUNK_BYTES = 1 << 20  # a split load's spooled rows go to the stage in chunks of this
 DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
+DELETIONS_KEPT = timedelta(days=90)  # tombstones of source deletes outlive their hour's load
 
 
 class HourNotClosed(RuntimeError):
@@ -285,6 +286,7 @@ class HourLoader:
             # READ COMMITTED, whatever the server's default_transaction_isolation says.
             self.warehouse.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
         ensure_source_schema(self.shop)  # the deletion tombstones read below
+        self._source.forget_old_deletions(datetime.now(UTC) - DELETIONS_KEPT)
         mark = commit_safe_high_water(self.shop, self.safety_lag)
         if mark < end:
             raise HourNotClosed(

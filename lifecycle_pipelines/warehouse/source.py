@@ -150,6 +150,15 @@ class HourSource:
         ).fetchall()
         return [int(row[0]) for row in rows]
 
+    def forget_old_deletions(self, older_than: datetime) -> int:
+        """Drop tombstones older than `older_than` (autocommit); returns how many. A tombstone
+        matters until its hour is loaded; a later load of an older hour reads the source as it
+        is now, where the deleted row no longer exists."""
+        cur = self.shop.execute(
+            "DELETE FROM lifecycle_archive.deletions WHERE deleted_at < %s", (older_than,)
+        )
+        return int(cur.rowcount)
+
     def key_profile(
         self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
     ) -> tuple[int, int]:

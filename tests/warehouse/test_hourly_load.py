@@ -303,6 +303,18 @@ def test_rows_deleted_in_the_source_leave_the_warehouse_but_archive_purges_do_no
     }
     assert left == {purged}
 
+    # tombstones outlive their hour's load by DELETIONS_KEPT, then go
+    shop.execute(
+        "UPDATE lifecycle_archive.deletions SET deleted_at = now() - interval '91 days'"
+        " WHERE table_name = 'order_items' AND pk = %s",
+        (deleted,),
+    )
+    assert _load(hour).success
+    forgotten = shop.execute(
+        "SELECT count(*) FROM lifecycle_archive.deletions WHERE pk = %s", (deleted,)
+    ).fetchone()
+    assert forgotten == (0,)
+
 
 def test_an_hour_that_has_not_ended_is_refused(warehouse: Any) -> None:
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
