@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lifecycle_pipelines.archive.crypto import PERSONAL_COLUMN, SubjectKeyring
-from lifecycle_pipelines.archive.expiry import expires_on, lock_reason, object_versions
+from lifecycle_pipelines.archive.expiry import delete_unlocked_versions, expires_on
 from lifecycle_pipelines.archive.extract import ROW_GROUP_ROWS
 from lifecycle_pipelines.archive.manifest import object_hold
 from lifecycle_pipelines.archive.reader import object_readability
@@ -151,15 +151,7 @@ def rewrite_object(
         )
     else:
         new_version = obj.version_id
-    deleted = kept = 0
-    for version in object_versions(client, obj.bucket, obj.object_key):
-        if version["VersionId"] == new_version:
-            continue
-        if lock_reason(client, obj.bucket, obj.object_key, version):
-            kept += 1
-            continue
-        client.delete_object(Bucket=obj.bucket, Key=obj.object_key, VersionId=version["VersionId"])
-        deleted += 1
+    deleted, kept = delete_unlocked_versions(client, obj.bucket, obj.object_key, new_version)
     log.info(
         "rewrote s3://%s/%s: %d rows erased, %d earlier versions deleted, %d kept by object lock",
         obj.bucket,
@@ -207,11 +199,7 @@ class ArchiveEraser:
         """`rewrite_now`, `at_expiry` or `with_next_restore` for one object. An object that a
         restore test is reading waits for the test to finish (`rewrite_pending` then finds it
         still restored): rewriting it would replace the version the test checks."""
-        if (
-            _readable(self.s3, obj)
-            and not in_open_restore_test(self.control, obj.object_id)
-            and object_hold(self.control, obj.bucket, obj.object_key) is None
-        ):
+        if not _rewrite_waits(self.control, obj) and _readable(self.s3, obj):
             return "rewrite_now"
         data_type = self.policy.data_types.get(obj.data_type)
         due = expires_on(data_type, obj.partition_month) if data_type else None
@@ -337,16 +325,23 @@ def rewrite_pending(conn: psycopg.Connection[Any], s3: S3Resource) -> dict[str, 
                 (obj.object_id,),
             )
             counts["expired"] += 1
-        elif in_open_restore_test(conn, obj.object_id):
-            counts["waiting"] += 1  # rewritten once the test has checked the restored copy
-        elif object_hold(conn, obj.bucket, obj.object_key) is not None:
-            counts["waiting"] += 1  # a legal hold keeps every version as it is
+        elif _rewrite_waits(conn, obj):
+            counts["waiting"] += 1
         elif _readable(s3, obj):
             counts["rows_erased"] += finish_rewrite(conn, s3, obj)
             counts["rewritten"] += 1
         else:
             counts["waiting"] += 1
     return counts
+
+
+def _rewrite_waits(conn: psycopg.Connection[Any], obj: ListedObject) -> bool:
+    """Whether a readable object must still not be rewritten: a restore test is checking it
+    (rewriting replaces the version the test reads), or a legal hold keeps every version."""
+    return (
+        in_open_restore_test(conn, obj.object_id)
+        or object_hold(conn, obj.bucket, obj.object_key) is not None
+    )
 
 
 def in_open_restore_test(conn: psycopg.Connection[Any], object_id: int) -> bool:

@@ -74,6 +74,23 @@ def lock_reason(client: Any, bucket: str, key: str, version: dict[str, Any]) -> 
     return None
 
 
+def delete_unlocked_versions(
+    client: Any, bucket: str, key: str, keep_version: str | None = None
+) -> tuple[int, int]:
+    """Delete every version of `key` except `keep_version` and those Object Lock protects;
+    returns (versions deleted, versions kept by Object Lock)."""
+    deleted = kept = 0
+    for version in object_versions(client, bucket, key):
+        if keep_version is not None and version["VersionId"] == keep_version:
+            continue
+        if lock_reason(client, bucket, key, version):
+            kept += 1
+            continue
+        client.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        deleted += 1
+    return deleted, kept
+
+
 def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list[str]:
     """Delete every version of the objects under `prefix` whose key is not in `keep`; returns
     the keys removed. For a month's folder: parts of an earlier, unverified attempt that wrote
@@ -84,12 +101,9 @@ def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         strays += [item["Key"] for item in page.get("Contents", []) if item["Key"] not in keep]
     for key in strays:
-        for version in object_versions(client, bucket, key):
-            reason = lock_reason(client, bucket, key, version)
-            if reason:
-                log.warning("s3://%s/%s: a stray version is kept (%s)", bucket, key, reason)
-                continue
-            client.delete_object(Bucket=bucket, Key=key, VersionId=version["VersionId"])
+        _, kept = delete_unlocked_versions(client, bucket, key)
+        if kept:
+            log.warning("s3://%s/%s: %d stray versions kept by Object Lock", bucket, key, kept)
     return sorted(strays)
 
 
@@ -122,7 +136,9 @@ def expire_archives(
                 report.busy.append(label)  # an archive or purge of it is running: next pass
                 continue
             try:
-                _expire_partition(conn, client, data_type, month, keys_bucket, keys_key, report)
+                _expire_partition(
+                    conn, client, data_type, month, label, (keys_bucket, keys_key), report
+                )
             finally:
                 manifest.unlock_partition(conn, data_type, month)
     return report
@@ -133,13 +149,13 @@ def _expire_partition(
     client: Any,
     data_type: str,
     month: date,
-    keys_bucket: str | None,
-    keys_key: str | None,
+    label: str,
+    keys_object: tuple[str | None, str | None],
     report: ExpiryReport,
 ) -> None:
     """Delete one partition's objects (every version) unless a hold keeps one; then its keys
-    object, and mark it expired. Runs under the partition's lock."""
-    label = f"{data_type} {month:%Y-%m}"
+    object (bucket, key), and mark it expired. Runs under the partition's lock."""
+    keys_bucket, keys_key = keys_object
     held_here = False
     for entry in manifest.get_objects(conn, data_type, month):
         if entry.state not in ("verified", "purged", "held"):

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from lifecycle_pipelines.control import release_session_lock, try_session_lock
+
 
 @dataclass
 class ObjectEntry:
@@ -322,15 +324,17 @@ class PartitionBusy(RuntimeError):
     """Another run holds this partition; this run changed nothing."""
 
 
+def _partition_lock(data_type: str, month: date) -> str:
+    return f"lifecycle.archive:{data_type}:{month.isoformat()}"
+
+
 def lock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
     """Take the partition's session-level advisory lock, or raise PartitionBusy at once.
 
     Archive and purge of one partition share the lock, so two runs of the same partition can
     never proceed together; the lock goes with the connection when the run ends or crashes.
     """
-    key = f"lifecycle.archive:{data_type}:{month.isoformat()}"
-    row = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()
-    if not row or not row[0]:
+    if not try_session_lock(conn, _partition_lock(data_type, month)):
         raise PartitionBusy(
             f"{data_type} {month:%Y-%m}: another run holds this partition; this run changed nothing"
         )
@@ -339,8 +343,7 @@ def lock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -
 def unlock_partition(conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
     """Release the lock `lock_partition` took on this connection (for passes that visit many
     partitions on one connection)."""
-    key = f"lifecycle.archive:{data_type}:{month.isoformat()}"
-    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+    release_session_lock(conn, _partition_lock(data_type, month))
 
 
 def object_hold(conn: psycopg.Connection[Any], bucket: str, object_key: str) -> int | None:

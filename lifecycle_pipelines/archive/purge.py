@@ -102,7 +102,7 @@ def load_keys(
     month: ArchiveMonth,
     partition: PartitionEntry,
     s3: S3Resource,
-    verified: dict[str, tuple[int, int]] | None = None,
+    verified: dict[str, tuple[int, int]],
 ) -> int:
     """Load the partition's keys object into purge_keys (once); returns the keys loaded.
 
@@ -151,8 +151,7 @@ def load_keys(
                     pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False))
                     copy.write(buffer.getvalue())
                     loaded += batch.num_rows
-            if verified is not None:
-                _check_keys(conn, month, verified)
+            _check_keys(conn, month, verified)
             conn.execute(
                 "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month)"
                 " VALUES (%s, %s)",
@@ -210,40 +209,35 @@ def purge_batch(
             assert child.foreign_key is not None
             _lock_batch_rows(conn, child, child.foreign_key)
         # Parents that changed since the snapshot, or whose children did, are kept.
+        # (check_shapes refuses tables without a version column)
         conn.execute("CREATE TEMP TABLE purge_keep (pk bigint PRIMARY KEY) ON COMMIT DROP")
-        if parent.version_column:
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO purge_keep SELECT b.pk FROM purge_batch b JOIN {t} s"
-                    " ON s.{pk} = b.pk WHERE s.{v} IS DISTINCT FROM b.version"
-                    " ON CONFLICT DO NOTHING"
-                ).format(
-                    t=sql.Identifier(parent.schema, parent.table),
-                    pk=sql.Identifier(parent.primary_key),
-                    v=sql.Identifier(parent.version_column),
-                )
+        assert parent.version_column is not None
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO purge_keep SELECT b.pk FROM purge_batch b JOIN {t} s"
+                " ON s.{pk} = b.pk WHERE s.{v} IS DISTINCT FROM b.version"
+                " ON CONFLICT DO NOTHING"
+            ).format(
+                t=sql.Identifier(parent.schema, parent.table),
+                pk=sql.Identifier(parent.primary_key),
+                v=sql.Identifier(parent.version_column),
             )
+        )
         for child in children:
-            assert child.foreign_key is not None
-            version = (
-                sql.SQL("OR c.{} IS DISTINCT FROM k.version").format(
-                    sql.Identifier(child.version_column)
-                )
-                if child.version_column
-                else sql.SQL("")
-            )
+            assert child.foreign_key is not None and child.version_column is not None
             conn.execute(
                 sql.SQL(
                     "INSERT INTO purge_keep SELECT DISTINCT b.pk FROM purge_batch b"
                     " JOIN {c} c ON c.{fk} = b.pk"
                     " LEFT JOIN lifecycle_archive.purge_keys k ON k.data_type = %s"
                     " AND k.partition_month = %s AND k.table_name = %s AND k.pk = c.{cpk}"
-                    " WHERE k.pk IS NULL {version} ON CONFLICT DO NOTHING"
+                    " WHERE k.pk IS NULL OR c.{v} IS DISTINCT FROM k.version"
+                    " ON CONFLICT DO NOTHING"
                 ).format(
                     c=sql.Identifier(child.schema, child.table),
                     fk=sql.Identifier(child.foreign_key),
                     cpk=sql.Identifier(child.primary_key),
-                    version=version,
+                    v=sql.Identifier(child.version_column),
                 ),
                 (dt, pm, child.table),
             )

@@ -32,6 +32,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lifecycle_pipelines.control import release_session_lock, try_session_lock
 from lifecycle_pipelines.resources.search.base import BulkResult, SearchBackend
 from lifecycle_pipelines.search_sync.bulk import (
     BulkFailure,
@@ -302,11 +303,8 @@ class ProductSync:
         scheduled run and a backfill overlapping would otherwise both rotate, and one could
         delete the index the other is building."""
         started = time.perf_counter()
-        lock = ("lifecycle.search_sync:" + self.alias,)
-        row = self.control.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", lock
-        ).fetchone()
-        if not (row and row[0]):
+        lock = f"lifecycle.search_sync:{self.alias}"
+        if not try_session_lock(self.control, lock):
             raise SyncBusy(f"alias {self.alias}: another sync is running; nothing was changed")
         try:
             target = index_name(day)
@@ -314,7 +312,7 @@ class ProductSync:
             newest = max(current, default="")
             report = self.rotate(target) if target > newest else self.increment(newest)
         finally:
-            self.control.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", lock)
+            release_session_lock(self.control, lock)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -401,6 +399,11 @@ class ProductSync:
                     raise BulkFailure(outcome.errors)
                 report.hard_deleted += len(gone)
             self.backend.refresh(index)
+            if not fix:
+                # the engine confirmed each delete: the scan minus them is the index now (no
+                # second scan of the whole index for a run that only removed documents)
+                indexed = indexed.without(gone)
+                break
         report.source_versions = source
         report.index_versions = indexed
         report.reconciliation = reconcile(source, indexed)

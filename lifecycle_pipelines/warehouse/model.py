@@ -55,16 +55,8 @@ def warehouse_type(column: SourceColumn, engine: Engine, where: str) -> str:
     )
 
 
-_CATALOG_NAMES = {
-    "BIGINT": "bigint",
-    "INTEGER": "integer",
-    "SMALLINT": "smallint",
-    "BOOLEAN": "boolean",
-    "DATE": "date",
-    "TIMESTAMPTZ": "timestamp with time zone",
-    "TIMESTAMP": "timestamp without time zone",
-    "DOUBLE PRECISION": "double precision",
-}
+# the inverse of _SIMPLE for the types the warehouse writes under their own name
+_CATALOG_NAMES = {ddl: pg for pg, ddl in _SIMPLE.items() if "(" not in ddl}
 
 
 def catalog_type(ddl_type: str) -> str:
