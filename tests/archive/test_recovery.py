@@ -352,15 +352,17 @@ def test_keys_that_disagree_with_the_verified_objects_are_refused_before_any_del
     month = date(2025, 10, 1)
     assert materialize(assets_of("orders")[:1], month.isoformat()).success
     before = orders_stats(shop_conn, month)
-    # as if the keys object listed a row that no verified object holds
-    control_conn.execute(
-        "UPDATE lifecycle.archive_objects SET pk_sum = pk_sum - 1 WHERE object_id = ("
+    tamper = (
+        "UPDATE lifecycle.archive_objects SET pk_sum = pk_sum + %s WHERE object_id = ("
         " SELECT min(object_id) FROM lifecycle.archive_objects WHERE data_type = 'orders'"
-        " AND partition_month = %s AND table_name = 'orders')",
-        (month,),
+        " AND partition_month = %s AND table_name = 'orders')"
     )
-
-    result = materialize(assets_of("orders")[1:], month.isoformat())
+    # as if the keys object listed a row that no verified object holds
+    control_conn.execute(tamper, (-1, month))
+    try:
+        result = materialize(assets_of("orders")[1:], month.isoformat())
+    finally:  # the manifest as it was: restore tests sample every archived object
+        control_conn.execute(tamper, (1, month))
 
     assert not result.success
     failure = result.failure_data_for_node("purge_orders")
