@@ -442,7 +442,7 @@ class HourLoader:
             bound: Bound | None = item.direct
             if bound is not None:
                 if item.split:  # the new keys went straight into the target as they streamed
-                    target.merge_staged(cur, table, stage, item.plan.names)
+                    target.merge_staged(cur, table, stage, item.plan.names, bound)
             elif self.engine == "postgres":
                 bound = target.insert_new_and_merge(cur, table, stage, item.plan.names)
             else:
@@ -603,6 +603,8 @@ class HourLoader:
                 with cur.copy(sql.copy_binary((item.stage,), columns)) as copy:
                     while chunk := spool.read(SPOOL_CHUNK_BYTES):
                         copy.write(chunk)
+            if item.has_stage:  # a temporary table has no statistics until analysed: the
+                cur.execute(sql.analyze(item.stage))  # MERGE would plan for a guessed size
         key = stage_object_key(self.object_prefix, plan.table.name, hour)
 
         def upload() -> str:  # runs after the writes (one worker, in order)

@@ -65,6 +65,11 @@ def create_stage(stage: str, columns: list[tuple[str, str]]) -> str:
     return f"CREATE TEMP TABLE {ident(stage)} ({body})"
 
 
+def analyze(stage: str) -> str:
+    """Gather a stage's statistics (PostgreSQL: autovacuum never analyses temporary tables)."""
+    return f"ANALYZE {ident(stage)}"
+
+
 def drop_older(schema: str, table: str, stage: str, key: str, version: str) -> str:
     """Drop staged rows older than the warehouse's (a late re-run never moves a row back)."""
     return (
@@ -117,16 +122,20 @@ def merge_changed(
     """MERGE for PostgreSQL: a matched row is updated only when the staged version is not older
     (a late re-run never moves a row back) and some column differs (re-running an hour writes
     nothing); the rest is inserted. With `up_to_key`, only the staged rows whose key is at most
-    the bound parameter (the rest went through `insert_new`). Redshift's MERGE takes no
-    condition: it uses `drop_older` then `merge`."""
+    the bound parameter (given twice) are merged, and only the target's rows up to it are
+    joined: the rows above it went through `insert_new` or straight into the target, and the
+    join then reads the range of the target that can match (not a hash of the whole table).
+    Redshift's MERGE takes no condition: it uses `drop_older` then `merge`."""
     target = ident(schema, table)
     others = [c for c in columns if c != key]
     names = ", ".join(ident(c) for c in columns)
     values = ", ".join(f"s.{ident(c)}" for c in columns)
     source = ident(stage)
+    on = f"t.{ident(key)} = s.{ident(key)}"
     if up_to_key:
         source = f"(SELECT * FROM {ident(stage)} WHERE {ident(key)} <= %s)"
-    statement = f"MERGE INTO {target} AS t USING {source} AS s ON t.{ident(key)} = s.{ident(key)} "
+        on += f" AND t.{ident(key)} <= %s"
+    statement = f"MERGE INTO {target} AS t USING {source} AS s ON {on} "
     if others:
         conditions = []
         if version:

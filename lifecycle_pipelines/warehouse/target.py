@@ -133,16 +133,20 @@ class WarehouseTarget:
         merge = sql.merge_changed(
             self.schema, table.name, stage, table.key, names, table.version, up_to_key=True
         )
-        cur.execute(merge, (bound.key,))
+        cur.execute(merge, (bound.key, bound.key))
         insert = sql.insert_new(self.schema, table.name, stage, table.key, names, above=True)
         cur.execute(insert, (bound.key,))
         return bound
 
-    def merge_staged(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
-        """PostgreSQL: MERGE every staged row (the changed rows of a split load)."""
-        cur.execute(
-            sql.merge_changed(self.schema, table.name, stage, table.key, names, table.version)
+    def merge_staged(
+        self, cur: Any, table: WarehouseTable, stage: str, names: list[str], bound: Bound
+    ) -> None:
+        """PostgreSQL: MERGE the staged rows of a split load (every one at or below `bound`;
+        those above it went straight into the target)."""
+        merge = sql.merge_changed(
+            self.schema, table.name, stage, table.key, names, table.version, up_to_key=True
         )
+        cur.execute(merge, (bound.key, bound.key))
 
     def merge_redshift(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
         """Redshift: drop staged rows older than the warehouse's, then MERGE."""
