@@ -253,6 +253,7 @@ class HourLoader:
         # on the upload thread would hold the GIL against the streaming thread
         s3.client("s3")
         self._user_keys = UserKeys(pseudonym_key)
+        self._figure_keys = UserKeys(pseudonym_key)  # the source figures' (another thread)
 
     @property
     def use_psql(self) -> bool | None:
@@ -372,7 +373,7 @@ class HourLoader:
         with self._source.snapshot():
             for plan in plans:
                 item = self._staged(plan, hour, end)
-                item.stats = self._source.figures(plan.table, hour, end)
+                item.stats = self._source.figures(plan.table, hour, end, self._figure_keys)
                 staged.append(item)
                 parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
                 with closing(self._batches(item, hour, end)) as batches:
@@ -481,10 +482,11 @@ class HourLoader:
     ) -> Future[ReconStats]:
         """The source figures while the rows stream: on `pool` when psql streams them (the
         snapshot's own connection is free meanwhile), else first, on that connection."""
+        keys = self._figure_keys
         if self._source.psql_streams:
-            return pool.submit(self._source.figures, plan.table, hour, end)
+            return pool.submit(self._source.figures, plan.table, hour, end, keys)
         done: Future[ReconStats] = Future()
-        done.set_result(self._source.figures(plan.table, hour, end))
+        done.set_result(self._source.figures(plan.table, hour, end, keys))
         return done
 
     def _shape(self, plan: _Plan) -> TableShape:

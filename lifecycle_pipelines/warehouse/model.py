@@ -93,10 +93,14 @@ class WarehouseTable:
     derived: tuple[Derived, ...] = ()
     money: tuple[str, ...] = ()
     version: str | None = "updated_at"  # rows change in the hour of their updated_at
-    reconciled: bool = False  # checked per hour (GX suite `warehouse_<name>`): integer key
+    reconciled: bool = True  # checked per hour (GX suite `warehouse_<name>`)
 
 
 USER_KEY = Derived("user_key", "CHAR(64)", "HMAC-SHA256 of the user id (pseudonymous)")
+# The reconciliation figures of dim_users take a user key as the number its first 8 hex digits
+# spell (32 bits): the warehouse holds no user id, and the source side computes the same number
+# from the HMACs of its own user ids.
+USER_KEY_FIGURE_DIGITS = 8
 DATE_KEY = Derived("date_key", "INTEGER", "YYYYMMDD of created_at (UTC)")
 
 FACT_ORDERS = WarehouseTable(
@@ -113,7 +117,6 @@ FACT_ORDERS = WarehouseTable(
     ),
     derived=(USER_KEY, DATE_KEY),
     money=("subtotal", "shipping_fee", "tax", "total"),
-    reconciled=True,
 )  # fmt: skip
 FACT_ORDER_ITEMS = WarehouseTable(
     name="fact_order_items",
@@ -125,7 +128,6 @@ FACT_ORDER_ITEMS = WarehouseTable(
     ),
     derived=(DATE_KEY,),
     money=("unit_price", "line_total"),
-    reconciled=True,
 )  # fmt: skip
 DIM_PRODUCTS = WarehouseTable(
     name="dim_products",

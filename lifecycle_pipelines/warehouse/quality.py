@@ -9,7 +9,7 @@ from lifecycle_pipelines.warehouse.loader import HourLoad
 
 
 def check_hour(load: HourLoad) -> CheckOutcome:
-    """One reconciliation outcome over the fact tables of the hour."""
+    """One reconciliation outcome over every reconciled table of the hour."""
     total = CheckOutcome("reconciliation")
     for item in load.tables:
         if not item.table.reconciled or (item.rows == 0 and item.source.rows == 0):

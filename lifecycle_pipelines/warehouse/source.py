@@ -29,7 +29,7 @@ from lifecycle_pipelines.archive.extract import (
 from lifecycle_pipelines.archive.stats import ReconStats, source_stats
 from lifecycle_pipelines.warehouse import sql as warehouse_sql
 from lifecycle_pipelines.warehouse.model import WarehouseTable
-from lifecycle_pipelines.warehouse.transform import is_user_dimension
+from lifecycle_pipelines.warehouse.transform import UserKeys, is_user_dimension, user_key_figures
 
 USERS_TABLE = "users"  # the source table whose `deleted_at` marks soft-deleted users
 _PSQL_KEYWORDS = (  # libpq settings a psql child takes from the source connection
@@ -118,14 +118,23 @@ class HourSource:
             parse_threads=False,
         )
 
-    def figures(self, table: WarehouseTable, hour: datetime, end: datetime) -> ReconStats:
-        """The source's reconciliation figures of the hour. For the user dimension, like with
-        like: soft-deleted users are not loaded, so not counted."""
+    def figures(
+        self, table: WarehouseTable, hour: datetime, end: datetime, user_keys: UserKeys
+    ) -> ReconStats:
+        """The source's reconciliation figures of the hour, computed by SQL. The user dimension
+        is keyed by the HMAC of the user id, which the source cannot compute: its users of the
+        hour are read as one array and their figures taken from their keys (`user_keys`, an
+        instance of its own: the extraction's is used by another thread). Like with like:
+        soft-deleted users are not loaded, so not counted."""
         where = hour_filter(hour, end)
-        if is_user_dimension(table):
-            where = sql.SQL("{} AND t.deleted_at IS NULL").format(where)
-        key = table.key if table.key in table.taken else "user_id"
-        return source_stats(self.shop, relation(table), key, list(table.money), where)
+        if not is_user_dimension(table):
+            return source_stats(self.shop, relation(table), table.key, list(table.money), where)
+        query = sql.SQL(
+            "SELECT COALESCE(array_agg(t.user_id), '{{}}') FROM {rel} WHERE {w} AND t.deleted_at IS NULL"
+        ).format(rel=relation(table), w=where)
+        row = self.shop.execute(query, binary=True).fetchone()
+        ids = pa.array(row[0] if row else [], pa.int64())
+        return user_key_figures(user_keys(ids))
 
     def deleted_users(self, table: WarehouseTable, hour: datetime, end: datetime) -> pa.Array:
         """The soft-deleted users referenced by the table's rows of the hour, in one query."""

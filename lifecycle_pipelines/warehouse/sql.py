@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from lifecycle_pipelines.archive.stats import cents_sum_sql, pk_hash_sql
+from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_FIGURE_DIGITS
 
 if TYPE_CHECKING:
     from lifecycle_pipelines.warehouse.model import Engine, WarehouseTable
@@ -173,8 +174,21 @@ def key_profile(relation: sql.Composable, key: str, where: sql.Composable) -> sq
     ).format(key=sql.Identifier("t", key), rel=relation, w=where)
 
 
-def _figure_columns(table: WarehouseTable) -> str:
-    key = sql.Identifier("t", table.key)
+def key_figure(table: WarehouseTable, engine: Engine) -> str:
+    """The integer the figures take of row `t`'s key: the key itself, or for the user key (the
+    hex text of an HMAC) the number its first `USER_KEY_FIGURE_DIGITS` hex digits spell, which
+    the source side computes from the HMACs of its own user ids (`transform.user_key_figures`)."""
+    key = ident("t", table.key)
+    if table.key != USER_KEY.name:
+        return key
+    digits = USER_KEY_FIGURE_DIGITS
+    if engine == "redshift":
+        return f"STRTOL(SUBSTRING({key}, 1, {digits}), 16)"
+    return f"('x' || substr({key}, 1, {digits}))::bit({4 * digits})::bigint"
+
+
+def _figure_columns(table: WarehouseTable, engine: Engine) -> str:
+    key = sql.SQL(key_figure(table, engine))
     money = "".join(f", {render(cents_sum_sql(sql.Identifier('t', m)))}" for m in table.money)
     return (
         f"count(*), COALESCE(sum({render(key)}), 0), "
@@ -191,19 +205,24 @@ def _staged_reached(table: WarehouseTable, stage: str) -> str:
     return f"EXISTS (SELECT 1 FROM {ident(stage)} s WHERE {match})"
 
 
-def figures(schema: str, table: WarehouseTable, stage: str) -> str:
+def figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> str:
     """The warehouse's reconciliation figures of the hour, both engines, one row: count, key
     sum, key checksum (the source's h(k)) and money sums in cents over the warehouse rows of the
     staged keys that the staged version reached. A semi-join: each warehouse row counts once,
     and only the stage's key and version are hashed."""
     return (
-        f"SELECT {_figure_columns(table)} FROM {ident(schema, table.name)} t "
+        f"SELECT {_figure_columns(table, engine)} FROM {ident(schema, table.name)} t "
         f"WHERE {_staged_reached(table, stage)}"
     )
 
 
 def figures_split(
-    schema: str, table: WarehouseTable, stage: str | None, *, target_was_empty: bool
+    schema: str,
+    table: WarehouseTable,
+    stage: str | None,
+    *,
+    target_was_empty: bool,
+    engine: Engine = "postgres",
 ) -> str:
     """The same figures after rows went into the target without a stage or by `insert_new`
     (PostgreSQL): the warehouse rows above the bound parameter (the greatest key before the
@@ -213,13 +232,13 @@ def figures_split(
     parameter)."""
     target = ident(schema, table.name)
     if target_was_empty:
-        return f"SELECT {_figure_columns(table)} FROM {target} t"
+        return f"SELECT {_figure_columns(table, engine)} FROM {target} t"
     key = ident(table.key)
     above = f"SELECT * FROM {target} WHERE {key} > %s"
     if stage is None:
-        return f"SELECT {_figure_columns(table)} FROM ({above}) t"
+        return f"SELECT {_figure_columns(table, engine)} FROM ({above}) t"
     return (
-        f"SELECT {_figure_columns(table)} FROM ({above} UNION ALL "
+        f"SELECT {_figure_columns(table, engine)} FROM ({above} UNION ALL "
         f"SELECT * FROM {target} t WHERE t.{key} <= %s AND {_staged_reached(table, stage)}) t"
     )
 

@@ -164,11 +164,17 @@ class WarehouseTarget:
         if bound is None:
             if stage is None:
                 raise ValueError(f"{table.name}: figures without a bound need the stage")
-            cur.execute(sql.figures(self.schema, table, stage))
+            cur.execute(sql.figures(self.schema, table, stage, self.engine))
         elif bound.target_was_empty:
-            cur.execute(sql.figures_split(self.schema, table, stage, target_was_empty=True))
+            cur.execute(
+                sql.figures_split(
+                    self.schema, table, stage, target_was_empty=True, engine=self.engine
+                )
+            )
         else:
-            statement = sql.figures_split(self.schema, table, stage, target_was_empty=False)
+            statement = sql.figures_split(
+                self.schema, table, stage, target_was_empty=False, engine=self.engine
+            )
             cur.execute(statement, (bound.key,) if stage is None else (bound.key, bound.key))
         row = cur.fetchone()
         return ReconStats(

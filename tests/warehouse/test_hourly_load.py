@@ -21,12 +21,12 @@ from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import S3Resource
 from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.loader import HourLoader, ReconciliationFailed
+from lifecycle_pipelines.warehouse.model import TABLES
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop, resources_with_shop
 from tests.warehouse.recording import RecordingConnection
 
 SHOP = "shop_warehouse_tests"
-MONEY = ("subtotal", "shipping_fee", "tax", "total")
 
 
 @pytest.fixture(scope="session")
@@ -391,6 +391,11 @@ def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any
         'WHERE s."order_id" = t."order_id" AND s."updated_at" >= t."updated_at")'
     )
     assert load.index(merge) < load.index(figures) < len(load) - 1  # inside the transaction
+    users = next(s for s in load if s.startswith("SELECT count(*)") and '"dim_users"' in s)
+    # no user id in the warehouse: the figures take the first 32 bits of each user key
+    assert users.startswith(
+        'SELECT count(*), COALESCE(sum(STRTOL(SUBSTRING("t"."user_key", 1, 8), 16)), 0), '
+    )
     assert not any("ANY(" in s or "pg_advisory" in s or "work_mem" in s for s in text)
 
 
@@ -449,14 +454,14 @@ def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable
     assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone()[0] > 0
 
 
-def _tamper_fact_orders(damage: Any) -> Any:
-    """A `_transformed` that applies `damage` to fact_orders' first batch (between extraction
-    and the warehouse), as a faulty stage or COPY would."""
+def _tamper(table: str, damage: Any) -> Any:
+    """A `_transformed` that applies `damage` to `table`'s first batch (between extraction and
+    the warehouse), as a faulty stage or COPY would."""
     original = HourLoader._transformed
 
     def transformed(self: Any, item: Any, stream: Any, schema: Any) -> Any:
         batches = original(self, item, stream, schema)
-        if item.plan.table.name != "fact_orders":
+        if item.plan.table.name != table:
             yield from batches
             return
         first = next(batches)
@@ -470,20 +475,66 @@ def _drop_last_row(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch.slice(0, batch.num_rows - 1)
 
 
-def _add_a_cent_to_the_first_total(batch: pa.RecordBatch) -> pa.RecordBatch:
-    totals = batch.column("total").to_pylist()
-    totals[0] += Decimal("0.01")
-    index = batch.schema.get_field_index("total")
+def _add_a_cent_to_the_first(column: str) -> Any:
+    def damage(batch: pa.RecordBatch) -> pa.RecordBatch:
+        values = batch.column(column).to_pylist()
+        values[0] += Decimal("0.01")
+        index = batch.schema.get_field_index(column)
+        arrays = list(batch.columns)
+        arrays[index] = pa.array(values, batch.schema.field(index).type)
+        return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+    return damage
+
+
+def _another_key_for_the_first_user(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The first user's key replaced by a key no user of the hour has (a pseudonymisation
+    gone wrong): as many rows, other keys."""
+    keys = batch.column("user_key").to_pylist()
+    keys[0] = keys[0][::-1]
+    index = batch.schema.get_field_index("user_key")
     arrays = list(batch.columns)
-    arrays[index] = pa.array(totals, batch.schema.field(index).type)
+    arrays[index] = pa.array(keys, batch.schema.field(index).type)
     return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
 
 
+def _busiest_hour_of(shop: Any, source_table: str) -> datetime:
+    row = shop.execute(
+        psycopg.sql.SQL(
+            "SELECT date_trunc('hour', updated_at) FROM {} GROUP BY 1 ORDER BY count(*) DESC,"
+            " 1 LIMIT 1"
+        ).format(psycopg.sql.Identifier(source_table))
+    ).fetchone()
+    return row[0].astimezone(UTC)
+
+
+def test_the_dimensions_reconcile_the_users_by_their_keys_and_the_products_by_id_and_price(
+    shop: Any, local_stack: Any, own_schema: str
+) -> None:
+    """The warehouse computes the figures of dim_users from the user keys it holds, the source
+    from the HMACs of its user ids: they agree, and so do dim_products'."""
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        loader = _loader(shop, conn, r.s3, own_schema)
+        loads = [loader.run(_busiest_hour_of(shop, t)) for t in ("users", "products")]
+    for load, name in zip(loads, ("dim_users", "dim_products"), strict=True):
+        loaded = next(item for item in load.tables if item.table.name == name)
+        assert loaded.rows > 0
+        assert load.figures[name] == loaded.source
+        assert check_hour(load).success
+
+
 @pytest.mark.parametrize(
-    ("damage", "figures"),
+    ("table", "source_table", "damage", "figures"),
     [
-        (_drop_last_row, {"rows", "pk_sum", "pk_hash_sum", "cents_total"}),
-        (_add_a_cent_to_the_first_total, {"cents_total"}),
+        ("fact_orders", "orders", _drop_last_row, {"rows", "pk_sum", "pk_hash_sum", "cents_total"}),
+        ("fact_orders", "orders", _add_a_cent_to_the_first("total"), {"cents_total"}),
+        ("dim_products", "products", _drop_last_row, {"rows", "pk_sum", "pk_hash_sum"}),
+        ("dim_products", "products", _add_a_cent_to_the_first("price"), {"cents_price"}),
+        ("dim_users", "users", _drop_last_row, {"rows", "pk_sum", "pk_hash_sum"}),
+        ("dim_users", "users", _another_key_for_the_first_user, {"pk_sum", "pk_hash_sum"}),
     ],
 )
 def test_rows_lost_or_changed_on_the_way_fail_the_reconciliation_naming_the_figure(
@@ -492,11 +543,15 @@ def test_rows_lost_or_changed_on_the_way_fail_the_reconciliation_naming_the_figu
     local_stack: Any,
     own_schema: str,
     monkeypatch: Any,
+    table: str,
+    source_table: str,
     damage: Any,
     figures: set[str],
 ) -> None:
-    hour = _busiest_hour(shop)
-    monkeypatch.setattr(HourLoader, "_transformed", _tamper_fact_orders(damage))
+    """Every table of the star schema is reconciled, dim_users by the first 32 bits of its
+    keys (the warehouse holds no user id)."""
+    hour = _busiest_hour_of(shop, source_table)
+    monkeypatch.setattr(HourLoader, "_transformed", _tamper(table, damage))
     with (
         dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
         psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
@@ -505,15 +560,15 @@ def test_rows_lost_or_changed_on_the_way_fail_the_reconciliation_naming_the_figu
     outcome = check_hour(load)
     assert not outcome.success
     failed = {line.split("(", 1)[1].split(")", 1)[0] for line in outcome.failures}
-    assert figures <= failed
-    assert failed <= {"rows", "pk_sum", "pk_hash_sum", *(f"cents_{m}" for m in MONEY)}
+    money = next(t.money for t in TABLES if t.name == table)
+    assert figures <= failed <= {"rows", "pk_sum", "pk_hash_sum", *(f"cents_{m}" for m in money)}
 
 
 def test_a_load_whose_figures_disagree_is_rolled_back_before_anyone_sees_it(
     shop: Any, local_stack: Any, own_schema: str, monkeypatch: Any
 ) -> None:
     hour = _busiest_hour(shop)
-    monkeypatch.setattr(HourLoader, "_transformed", _tamper_fact_orders(_drop_last_row))
+    monkeypatch.setattr(HourLoader, "_transformed", _tamper("fact_orders", _drop_last_row))
     with (
         dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
         psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,

@@ -8,11 +8,14 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from lifecycle_pipelines.archive.stats import pk_hash
 from lifecycle_pipelines.warehouse.model import DIM_USERS, FACT_ORDERS
 from lifecycle_pipelines.warehouse.transform import (
     UserKeys,
     date_keys,
     is_user_dimension,
+    user_key_figures,
+    user_key_numbers,
     user_keys,
     without_users,
 )
@@ -57,3 +60,12 @@ def test_date_keys_are_yyyymmdd_of_the_utc_day() -> None:
 def test_only_the_user_dimension_is_keyed_by_the_user_key() -> None:
     assert is_user_dimension(DIM_USERS)
     assert not is_user_dimension(FACT_ORDERS)
+
+
+def test_user_key_numbers_are_the_first_eight_hex_digits_of_each_key() -> None:
+    keys = pa.array(["00000000" + "a" * 56, "ffffffff" + "0" * 56, "0123abcd" + "f" * 56])
+    numbers = user_key_numbers(keys.slice(1))
+    assert numbers.tolist() == [0xFFFFFFFF, 0x0123ABCD]
+    figures = user_key_figures(keys)
+    assert (figures.rows, figures.pk_sum) == (3, 0xFFFFFFFF + 0x0123ABCD)
+    assert figures.pk_hash_sum == int(pk_hash(user_key_numbers(keys)).sum())
