@@ -349,6 +349,11 @@ def cmd_erasure_replay(args: argparse.Namespace) -> int:
     ):  # fmt: skip
         ensure_control_schema(stores.control)
         report, rewrites = stores.replay()
+    for recovered in report.recovered:
+        _out(
+            f"certificate {recovered.sequence}: recorded again from S3 (request "
+            f"{recovered.request_id}{'' if recovered.subject_found else ', subject not found'})"
+        )
     for store, n in sorted(report.reerased.items()):
         _out(f"{store}: {n} erased again")
     _out(

@@ -20,6 +20,7 @@ still pass. Nothing here logs a subject id or a value; only object keys and coun
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import logging
@@ -31,6 +32,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from botocore.exceptions import ClientError
 
 from lifecycle_pipelines.archive.crypto import PERSONAL_COLUMN, SubjectKeyring
 from lifecycle_pipelines.archive.expiry import delete_unlocked_versions, expires_on
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRY_HORIZON = timedelta(days=90)
 ZSTD_LEVEL = 3  # as the archiver writes its parts (archive/extract.py)
+_MISSING = {"NoSuchKey", "NoSuchVersion", "404"}
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,10 @@ class ArchiveEraser:
         """Destroy the subject's key, plan every listed object, rewrite the readable ones."""
         live = self._live_keys(subject.subject_id)
         destroyed = 0 if dry_run else int(self.keyring.destroy(subject.subject_id))
-        objects = listed_objects(self.control, subject.subject_id)
+        objects = [
+            follow_current_version(self.control, self.s3, obj)
+            for obj in listed_objects(self.control, subject.subject_id)
+        ]
         decisions = {obj.object_id: self.decide(obj) for obj in objects}
         rows = sum(obj.rows for obj in objects)
         results = [
@@ -318,6 +324,8 @@ def rewrite_pending(conn: psycopg.Connection[Any], s3: S3Resource) -> dict[str, 
     counts = {"rewritten": 0, "rows_erased": 0, "expired": 0, "waiting": 0}
     for row in rows:
         obj = ListedObject(*row)
+        if obj.state != "expired":
+            obj = follow_current_version(conn, s3, obj)
         if obj.state == "expired":
             conn.execute(
                 "UPDATE lifecycle.erasure_rewrites SET state = 'expired', done_at = now()"
@@ -352,6 +360,49 @@ def in_open_restore_test(conn: psycopg.Connection[Any], object_id: int) -> bool:
         (object_id,),
     ).fetchone()
     return row is not None
+
+
+def follow_current_version(
+    conn: psycopg.Connection[Any], s3: S3Resource, obj: ListedObject
+) -> ListedObject:
+    """`obj`, or, when the version the manifest records is gone from S3, the key's current
+    version, which the manifest then takes (version, digest, size; logged).
+
+    That happens when the control database was restored from a backup older than an erasure
+    rewrite: the rewrite wrote a new version and deleted the ones before it. A rewrite keeps
+    every row (only a subject's ciphertext and subject id become NULL), so the manifest's row
+    count and figures still hold. A key with no version at all is an error naming it."""
+    client = s3.client("s3")
+    if obj.version_id is None:
+        return obj
+    try:
+        client.head_object(Bucket=obj.bucket, Key=obj.object_key, VersionId=obj.version_id)
+        return obj
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in _MISSING:
+            raise
+    try:
+        head = client.head_object(Bucket=obj.bucket, Key=obj.object_key, ChecksumMode="ENABLED")
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") not in _MISSING:
+            raise
+        raise LookupError(
+            f"s3://{obj.bucket}/{obj.object_key}: listed in the manifest but gone from S3 (the "
+            "control database may be older than the archive); nothing was changed"
+        ) from error
+    conn.execute(
+        "UPDATE lifecycle.archive_objects SET version_id = %s, sha256 = %s, size_bytes = %s"
+        " WHERE object_id = %s",
+        (head.get("VersionId"), head.get("ChecksumSHA256"), head.get("ContentLength"),
+         obj.object_id),
+    )  # fmt: skip
+    log.warning(
+        "s3://%s/%s: the manifest's version is gone (a control database older than an erasure "
+        "rewrite); the manifest now follows the current version",
+        obj.bucket,
+        obj.object_key,
+    )
+    return dataclasses.replace(obj, version_id=head.get("VersionId"))
 
 
 def _readable(s3: S3Resource, obj: ListedObject) -> bool:

@@ -3,8 +3,14 @@
 A certificate names the subject only by pseudonym (HMAC of the user id), lists per store what
 the ledger recorded (found before, removed or masked) and what the verification found after, and
 carries the SHA-256 of the previous certificate, so that removing or altering one breaks the
-chain (`verify_chain`). It is stored in the archive bucket under `erasure/certificates/` with an
-Object Lock retention, and recorded in `lifecycle.erasure_certificates`.
+chain (`verify_chain`). It is stored in the archive bucket under
+`erasure/certificates/<installation id>/` (the control database's own id, kept by a restore)
+with an Object Lock retention, and recorded in `lifecycle.erasure_certificates`.
+
+S3 therefore holds the chain even when the control database loses its end (a restore from a
+backup, a removed row): `verify_chain` reports such certificates, `issue` refuses to fork the
+chain past them (`ChainAhead`), and `erasure/recovery.py` records them again so that the ledger
+replay erases their subjects again.
 
 The document is built from the ledger alone, so a re-run after a crash writes the same bytes.
 """
@@ -14,11 +20,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from botocore.exceptions import ClientError
 
 from lifecycle_pipelines.erasure.stores import Remaining
 from lifecycle_pipelines.resources.s3 import S3Resource
@@ -26,6 +34,43 @@ from lifecycle_pipelines.resources.s3 import S3Resource
 CERTIFICATE_PREFIX = "erasure/certificates/"
 CERTIFICATE_VERSION = 1
 DEFAULT_RETENTION = timedelta(days=7 * 366)
+_MISSING = {"NoSuchKey", "NoSuchVersion", "404"}
+_KEY = re.compile(r"(\d{10})-request-(\d+)\.json")
+
+
+class ChainAhead(RuntimeError):
+    """S3 holds certificates of this control database that the database has no record of (it
+    was restored from a backup, or rows were removed); nothing was issued."""
+
+
+def chain_prefix(control: psycopg.Connection[Any]) -> str:
+    """Where this control database's certificates are stored in the archive bucket."""
+    row = control.execute("SELECT installation_id FROM lifecycle.installation").fetchone()
+    if row is None:
+        raise LookupError("lifecycle.installation is empty: apply the control-schema migrations")
+    return f"{CERTIFICATE_PREFIX}{row[0]}/"
+
+
+def certificate_key(prefix: str, sequence: int, request_id: int) -> str:
+    return f"{prefix}{sequence:010d}-request-{request_id}.json"
+
+
+def parse_key(prefix: str, key: str) -> tuple[int, int] | None:
+    """(sequence, request id) of a certificate key under `prefix`, or None."""
+    match = _KEY.fullmatch(key.removeprefix(prefix)) if key.startswith(prefix) else None
+    return None if match is None else (int(match[1]), int(match[2]))
+
+
+def stored_keys(client: Any, bucket: str, prefix: str, after: str | None = None) -> list[str]:
+    """The current certificate keys under `prefix` (sorted, so in sequence order), those after
+    `after` only when given."""
+    keys: list[str] = []
+    args: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+    if after:
+        args["StartAfter"] = after
+    for page in client.get_paginator("list_objects_v2").paginate(**args):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return sorted(k for k in keys if parse_key(prefix, k) is not None)
 
 
 @dataclass(frozen=True)
@@ -138,7 +183,23 @@ def issue(
         previous = None if last is None else str(last[1])
         body = canonical({**document, "sequence": sequence, "previous_sha256": previous})
         digest = hashlib.sha256(body).hexdigest()
-        key = f"{CERTIFICATE_PREFIX}{sequence:010d}-request-{request_id}.json"
+        prefix = chain_prefix(control)
+        key = certificate_key(prefix, sequence, request_id)
+        # S3 may hold the chain beyond the database's end (a restore, a removed row): issuing
+        # now would fork it. Only this very certificate, byte for byte, may be there already (a
+        # crash before the row's commit): it is written again.
+        client = s3.client("s3")
+        ahead = stored_keys(client, bucket, prefix, after=f"{prefix}{sequence:010d}")
+        if ahead == [key] and client.get_object(Bucket=bucket, Key=key)["Body"].read() == body:
+            ahead = []
+        if ahead:
+            raise ChainAhead(
+                f"s3://{bucket}/{ahead[0]} and {len(ahead) - 1} more: certificates this control "
+                f"database has no record of (its last is {sequence - 1}): it was restored from a "
+                "backup or rows were removed. Nothing was issued; run `lifecycle erasure replay` "
+                "(or materialize erasure_ledger_replay) to record them again and erase their "
+                "subjects again, then re-run this request"
+            )
         completed = datetime.fromisoformat(document["completed_at"])
         retain_until = completed + retention
         response = s3.put_bytes(
@@ -178,9 +239,10 @@ def get(control: psycopg.Connection[Any], request_id: int) -> Certificate | None
 
 
 def verify_chain(control: psycopg.Connection[Any], s3: S3Resource) -> list[str]:
-    """Problems in the chain: a stored certificate whose bytes, hash or link do not match; a
-    hard-deleted request without a certificate. (A removed last row is not seen here: the
-    bucket may hold the certificates of other control databases, as in the tests.)"""
+    """Problems in the chain: a stored certificate whose bytes, hash or link do not match, or
+    that is missing from S3; a hard-deleted request without a certificate; a certificate S3
+    holds under this database's prefix that the database has no record of (a removed row, or
+    a database restored from a backup)."""
     problems: list[str] = []
     previous: str | None = None
     client = s3.client("s3")
@@ -188,6 +250,15 @@ def verify_chain(control: psycopg.Connection[Any], s3: S3Resource) -> list[str]:
         "SELECT sequence, request_id, sha256, previous_sha256, bucket, object_key, version_id"
         " FROM lifecycle.erasure_certificates ORDER BY sequence"
     ).fetchall()
+    prefix, bucket = chain_prefix(control), s3.bucket("archive")
+    recorded = {str(row[5]) for row in rows}
+    for key in stored_keys(client, bucket, prefix):
+        if key not in recorded:
+            problems.append(
+                f"s3://{bucket}/{key}: a certificate the control database has no record of (a "
+                "removed row, or the database was restored from a backup): `lifecycle erasure "
+                "replay` records it again and erases its subject again"
+            )
     for (request_id,) in control.execute(
         "SELECT r.request_id FROM lifecycle.erasure_requests r WHERE r.state = 'hard_deleted'"
         " AND NOT r.dry_run AND r.merged_into IS NULL AND NOT EXISTS ("
@@ -200,7 +271,14 @@ def verify_chain(control: psycopg.Connection[Any], s3: S3Resource) -> list[str]:
         args = {"Bucket": cert.bucket, "Key": cert.object_key}
         if cert.version_id:
             args["VersionId"] = cert.version_id
-        body = client.get_object(**args)["Body"].read()
+        try:
+            body = client.get_object(**args)["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") not in _MISSING:
+                raise
+            problems.append(f"certificate {cert.sequence}: missing from S3 ({cert.uri})")
+            previous = cert.sha256
+            continue
         document = json.loads(body)
         if hashlib.sha256(body).hexdigest() != cert.sha256:
             problems.append(f"certificate {cert.sequence}: stored bytes do not match its SHA-256")

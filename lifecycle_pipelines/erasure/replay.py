@@ -1,6 +1,8 @@
 """Ledger replay: after a database or archive restore, erased subjects stay erased.
 
-A restore brings back whatever the backup held, including subjects erased since. Replaying the
+A restore brings back whatever the backup held, including subjects erased since (and a restored
+control database forgets the requests certified since: `recovery.py` records them again from
+their certificates first). Replaying the
 ledger runs every finished request's erasure again: a hard-deleted subject's erasers (which
 find and remove only what came back, and rewrite restored archive objects still pending), a
 soft-deleted subject's masking. Each store where something came back is recorded in the ledger
@@ -17,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from lifecycle_pipelines.erasure.recovery import RecoveredCertificate
 from lifecycle_pipelines.erasure.requests import ErasureRequest, status
 from lifecycle_pipelines.erasure.stores import Eraser, StoreResult, Subject
 
@@ -31,6 +34,7 @@ class ReplayReport:
 
     requests: int = 0
     reerased: dict[str, int] = field(default_factory=dict)
+    recovered: list[RecoveredCertificate] = field(default_factory=list)  # from S3, first
 
     @property
     def total(self) -> int:
@@ -38,10 +42,12 @@ class ReplayReport:
 
 
 def finished_requests(control: psycopg.Connection[Any]) -> list[ErasureRequest]:
-    """Real, unmerged requests whose subject is at least soft-deleted."""
+    """Real, unmerged requests whose subject is at least soft-deleted (and known by id: a
+    certificate recovered for a subject no store knows any more has none)."""
     rows = control.execute(
         "SELECT request_id FROM lifecycle.erasure_requests WHERE NOT dry_run"
         " AND merged_into IS NULL AND state IN ('soft_deleted', 'held', 'hard_deleted')"
+        " AND subject_id <> ''"
         " ORDER BY request_id"
     ).fetchall()
     return [r for (request_id,) in rows if (r := status(control, request_id)) is not None]

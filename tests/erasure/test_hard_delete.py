@@ -41,13 +41,22 @@ from lifecycle_pipelines.assets.warehouse import warehouse_hourly
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.holds import lift_hold, place_hold
 from lifecycle_pipelines.erasure.requests import submit
+from lifecycle_pipelines.local.bootstrap import APP_ROLE
 from lifecycle_pipelines.schedules.erasure import erasure_hard_delete_sweep
 from lifecycle_pipelines.search_sync.activity import index_activity_month
-from tests.erasure.conftest import SHOP, dynamodb_items_of, erasure_resources, put_back, run_request
+from tests.erasure.conftest import (
+    CONTROL,
+    SHOP,
+    dynamodb_items_of,
+    erasure_resources,
+    put_back,
+    run_request,
+)
 
 MONTHS = (date(2025, 3, 1), date(2025, 6, 1))  # archived here only (not by tests/archive)
 ACTIVITY_MONTHS = (date(2026, 9, 1), date(2026, 10, 1))
 BACKUP = "shop_erasure_backup"
+CONTROL_BACKUP = "control_erasure_backup"
 World = dict[str, Any]
 
 
@@ -298,6 +307,23 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
                 sql.Identifier(BACKUP), sql.Identifier(SHOP)
             )
         )
+    _copy_database(admin, CONTROL, CONTROL_BACKUP)  # the control database's, at the same point
+
+
+def _copy_database(admin: str, source: str, target: str) -> None:
+    """`target` dropped and created afresh as a copy of `source` (its sessions ended first)."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN (%s, %s)"
+            " AND pid <> pg_backend_pid()",
+            (source, target),
+        )
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(target)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(target), sql.Identifier(source), sql.Identifier(APP_ROLE)
+            )
+        )
 
 
 def test_hard_delete_leaves_no_trace_in_any_store(
@@ -479,3 +505,54 @@ def test_a_database_restore_then_the_ledger_replay_leaves_the_subject_erased(
         "SELECT count(*) FROM lifecycle.erasure_ledger WHERE action = 'replayed after restore'"
     ).fetchone()
     assert ledger[0] > 0
+
+
+def test_a_control_database_restore_recovers_the_certificates_and_erases_again(
+    world: World, local_stack: Any
+) -> None:
+    """The control database and the shop are both restored from the backups taken before the
+    hard delete: the database forgets the request's certificate and its destroyed key, the shop
+    brings the subject back, and the manifest names object versions the erasure rewrite has
+    deleted since. The certificate in S3 is found, no certificate is issued over it, the replay
+    records it again and erases the subject again, and the manifest follows the versions S3
+    holds."""
+    subject = world["subject"]
+    admin = local_stack[0].postgres.start().conninfo()
+    _copy_database(admin, CONTROL_BACKUP, CONTROL)
+    _copy_database(admin, BACKUP, SHOP)
+    with (
+        psycopg.connect(local_stack[0].app_conninfo(CONTROL), autocommit=True) as control,
+        psycopg.connect(local_stack[0].app_conninfo(SHOP), autocommit=True) as shop,
+        dg.build_resources({"s3": erasure_resources()["s3"]}) as resources,
+    ):
+        request_id = _request_of(control, subject)
+        assert certificate.get(control, request_id) is None  # forgotten by the restore
+        assert _user_exists(shop, subject)
+        problems = certificate.verify_chain(control, resources.s3)
+        lost = [p for p in problems if "has no record of" in p]
+        assert lost and all(f"-request-{request_id}.json" in p for p in lost[-1:])
+        document = certificate.certificate_document(
+            control, request_id, subject_pseudonym="x", outcome="erased", remaining=[]
+        )
+        with pytest.raises(certificate.ChainAhead, match="Nothing was issued"):
+            certificate.issue(control, resources.s3, request_id, document)
+
+        replay = _materialize([erasure_ledger_replay])
+        metadata = replay.asset_materializations_for_node("erasure_ledger_replay")[0].metadata
+        assert cast(int, metadata["certificates_recovered"].value) == len(lost)
+        assert not _user_exists(shop, subject)
+        assert _text_hits(shop, "public", world["needles"]) == 0
+        key = control.execute(
+            "SELECT wrapped_key FROM lifecycle.subject_keys WHERE subject_id = %s", (subject,)
+        ).fetchone()
+        assert key == (None,)  # destroyed again
+        assert certificate.verify_chain(control, resources.s3) == []
+        state = control.execute(
+            "SELECT state FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
+        ).fetchone()
+        assert state == ("hard_deleted",)
+        assert certificate.get(control, request_id) is not None
+        for entry in _objects(control):  # every recorded version exists
+            _archive_client().head_object(
+                Bucket=entry.bucket, Key=entry.object_key, VersionId=entry.version_id
+            )

@@ -14,6 +14,7 @@ import pytest
 from lifecycle_pipelines.assets.erasure import erasure_request_job, erasure_soft_delete
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.holds import place_hold
+from lifecycle_pipelines.erasure.recovery import ChainBroken, recover_certificates
 from lifecycle_pipelines.erasure.requests import ErasureRequestError, status, submit
 from tests.erasure.conftest import erasure_resources, run_request
 
@@ -149,3 +150,31 @@ def test_a_hard_deleted_request_without_a_certificate_is_a_problem_of_the_chain(
             "DELETE FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
         )
     assert f"request {request_id}: hard-deleted but without a certificate" in problems
+
+
+def test_a_certificate_that_does_not_continue_the_chain_is_not_recovered(control: Any) -> None:
+    """Under a prefix of its own (another installation id, rolled back afterwards), S3 holds a
+    certificate after the database's last whose link is wrong: recovery refuses it, names it,
+    and records nothing."""
+    with (
+        dg.build_resources({"s3": erasure_resources()["s3"]}) as resources,
+        control.transaction(force_rollback=True),
+    ):
+        control.execute("UPDATE lifecycle.installation SET installation_id = gen_random_uuid()")
+        last = control.execute(
+            "SELECT coalesce(max(sequence), 0) FROM lifecycle.erasure_certificates"
+        ).fetchone()[0]
+        key = certificate.certificate_key(certificate.chain_prefix(control), last + 1, 424242)
+        forged = {"sequence": last + 1, "request_id": 424242, "previous_sha256": "0" * 64}
+        resources.s3.put_bytes(
+            resources.s3.bucket("archive"), key, json.dumps(forged).encode(),
+            extra={"ChecksumAlgorithm": "SHA256"},
+        )  # fmt: skip
+        before = control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()
+        with pytest.raises(ChainBroken, match=f"{key}: does not continue the chain"):
+            recover_certificates(
+                control, resources.s3, known_subjects=list, pseudonym_key=b"k" * 32
+            )
+        after = control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()
+        assert after == before
+        assert any(key in p for p in certificate.verify_chain(control, resources.s3))

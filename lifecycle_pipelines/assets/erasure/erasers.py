@@ -14,6 +14,7 @@ import psycopg
 from lifecycle_pipelines.archive.crypto import SubjectKeyring
 from lifecycle_pipelines.archive.eraser import ArchiveEraser, rewrite_pending
 from lifecycle_pipelines.erasure import certificate
+from lifecycle_pipelines.erasure.recovery import recover_certificates
 from lifecycle_pipelines.erasure.replay import ReplayReport, replay_ledger
 from lifecycle_pipelines.erasure.requests import ErasureRequest
 from lifecycle_pipelines.erasure.shop import DynamoDBEraser, PostgresEraser
@@ -105,14 +106,28 @@ class ErasureStores:
             results += done
         return results
 
+    def known_subjects(self) -> list[str]:
+        """The user ids the stores know: the shop's users and the subjects with a live key."""
+        shop = self.shop.execute("SELECT user_id::text FROM users").fetchall()
+        keys = self.control.execute(
+            "SELECT subject_id FROM lifecycle.subject_keys WHERE wrapped_key IS NOT NULL"
+        ).fetchall()
+        return sorted({row[0] for row in shop} | {row[0] for row in keys})
+
     def replay(self) -> tuple[ReplayReport, dict[str, int]]:
-        """Re-apply the ledger (after a restore), then any archive rewrite now possible."""
+        """Record again the certificates the control database lost (a restore of it), re-apply
+        the ledger, then any archive rewrite now possible."""
+        recovered = recover_certificates(
+            self.control, self.s3, known_subjects=self.known_subjects,
+            pseudonym_key=self.pseudonym_key,
+        )  # fmt: skip
         report = replay_ledger(
             self.control,
             subject_of=self.subject,
             hard_erasers=self.erasers,
             soft_delete=lambda request: self.soft_delete(request, dry_run=False),
         )
+        report.recovered = recovered
         return report, rewrite_pending(self.control, self.s3)
 
     def issue_certificate(self, document: dict[str, Any]) -> certificate.Certificate:

@@ -48,7 +48,9 @@ def erasure_archive_rewrites(
     owners=["team:privacy"],
     description=(
         "Re-applies the erasure ledger: materialize after any database, table or archive "
-        "restore. Every finished request runs again; whatever came back is erased and recorded."
+        "restore. Certificates a restored control database lost are recorded again from S3 "
+        "first; then every finished request runs again, and whatever came back is erased and "
+        "recorded."
     ),
 )
 def erasure_ledger_replay(
@@ -69,6 +71,12 @@ def erasure_ledger_replay(
     ):  # fmt: skip
         ensure_control_schema(stores.control)
         report, rewrites = stores.replay()
+    if report.recovered:
+        context.log.warning(
+            f"ledger replay: {len(report.recovered)} certificates the control database had lost "
+            f"(sequences {report.recovered[0].sequence}-{report.recovered[-1].sequence}) were "
+            "recorded again from S3; their subjects were erased again"
+        )
     context.log.info(
         f"ledger replay: {report.requests} requests re-applied, {report.total} items erased again"
     )
@@ -76,6 +84,7 @@ def erasure_ledger_replay(
     lines += [f"| {store} | {n} |" for store, n in sorted(report.reerased.items())]
     return dg.MaterializeResult(
         metadata={
+            "certificates_recovered": dg.MetadataValue.int(len(report.recovered)),
             "requests_replayed": dg.MetadataValue.int(report.requests),
             "items_erased_again": dg.MetadataValue.int(report.total),
             "archive_objects_rewritten": dg.MetadataValue.int(rewrites["rewritten"]),
