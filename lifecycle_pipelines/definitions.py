@@ -40,7 +40,7 @@ from lifecycle_pipelines.schedules.erasure import (
 from lifecycle_pipelines.schedules.search_sync import search_products_daily, search_sync_job
 from lifecycle_pipelines.schedules.warehouse import warehouse_hourly_schedule, warehouse_job
 
-archive_jobs, archive_schedules = archive_jobs_and_schedules()
+archive_jobs, archive_schedules, archive_sensors = archive_jobs_and_schedules()
 
 defs = dg.Definitions(
     assets=[
@@ -79,6 +79,6 @@ defs = dg.Definitions(
         erasure_hard_delete_sweep,
         erasure_rewrites_daily,
     ],
-    sensors=[archive_restore_sensor, erasure_request_sensor],
+    sensors=[archive_restore_sensor, *archive_sensors, erasure_request_sensor],
     resources=resources_for(current_environment()),
 )

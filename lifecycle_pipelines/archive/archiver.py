@@ -134,6 +134,8 @@ class ArchiveResult:
     seconds: float = 0.0
     reused: bool = False
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
+    round: int = 0  # 0: the month's first; later rounds archive rows left after a purge
+    rows_before_round: int = 0  # parent rows archived by the earlier rounds
 
     @property
     def passed(self) -> bool:
@@ -169,7 +171,18 @@ class _RunContext:
     uploads: ThreadPoolExecutor
     recorder: ThreadPoolExecutor
     record: manifest.WrittenPartition
+    round: Round
     recorded: list[Future[Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Round:
+    """The round a run writes: its number, the first part number of each table (after every
+    earlier round's parts) and the parent rows the earlier rounds archived."""
+
+    number: int = 0
+    first_parts: dict[str, int] = field(default_factory=dict)
+    rows_before: int = 0
 
 
 class MonthArchiver:
@@ -226,26 +239,64 @@ class MonthArchiver:
                         f"partition_key: {self.month.label} was archived, purged and has expired "
                         "from the archive (its retention ended); nothing was changed"
                     )
-                if existing is not None and existing.state != "written":
-                    result = self._confirm_existing(
-                        control_conn, existing.state, existing.source_rows, shapes
+                if existing is None:
+                    result = self._archive(control_conn, shapes, Round())
+                elif existing.state == "written":  # this round again (an earlier attempt)
+                    result = self._archive(
+                        control_conn, shapes, self._round(control_conn, existing)
+                    )
+                elif existing.state == "purged" and self._rows_left(shapes[0]):
+                    result = self._archive(
+                        control_conn, shapes, self._round(control_conn, existing, following=True)
                     )
                 else:
-                    result = self._archive(control_conn, shapes)
+                    result = self._confirm_existing(control_conn, existing, shapes)
         finally:
             return_freed_memory()
         result.seconds = time.perf_counter() - started
         return result
 
+    def _rows_left(self, parent: TableShape) -> bool:
+        """Whether rows of the month are still in the source (after its purge: rows changed or
+        inserted after the snapshot)."""
+        with self.shop.connect() as conn:
+            return parent_key_range(conn, parent, self.month) is not None
+
+    def _round(
+        self, conn: Any, existing: manifest.PartitionEntry, following: bool = False
+    ) -> Round:
+        """The round to write: the partition's current one again, or the next (`following`),
+        which continues each table's part numbers after every earlier round's objects."""
+        number = existing.round + 1 if following else existing.round
+        first: dict[str, int] = {}
+        for entry in manifest.get_objects(conn, self.data_type, self.month.month):
+            if entry.round < number:
+                first[entry.table_name] = max(first.get(entry.table_name, 0), entry.part + 1)
+        before = existing.total_rows if following else existing.rows_before_round
+        if following:
+            self.log.info(
+                f"{self.month.label}: rows are left in the source after the purge of round "
+                f"{existing.round}; archiving them as round {number}"
+            )
+        return Round(number, first, before)
+
     def _confirm_existing(
-        self, conn: Any, state: str, source_rows: int, shapes: list[TableShape]
+        self, conn: Any, existing: manifest.PartitionEntry, shapes: list[TableShape]
     ) -> ArchiveResult:
         """A verified/purged partition: check S3 still holds every recorded object version.
 
         The objects' schemas follow from the tables' (their bytes may be in Glacier), so the
         asset registers the partition in Glue again: a registration that failed after the
         verification is retried by re-running the month."""
-        result = ArchiveResult(self.month, state, source_rows=source_rows, reused=True)
+        state = existing.state
+        result = ArchiveResult(
+            self.month,
+            state,
+            source_rows=existing.source_rows,
+            reused=True,
+            round=existing.round,
+            rows_before_round=existing.rows_before_round,
+        )
         result.schemas = {
             shape.table: archived_schema(
                 shape.arrow_schema(), shape.personal_columns, shape.subject_column
@@ -270,7 +321,7 @@ class MonthArchiver:
         )
         return result
 
-    def _archive(self, control_conn: Any, shapes: list[TableShape]) -> ArchiveResult:
+    def _archive(self, control_conn: Any, shapes: list[TableShape], round_: Round) -> ArchiveResult:
         keyring = SubjectKeyring(control_conn, self.s3.client("kms"), self.kms_key_id)
         self.s3.client("s3")  # built once here; the upload thread shares it (thread-safe)
         gx_ready = start_warm_up()  # GX imports for seconds: overlap it with the extraction
@@ -287,11 +338,15 @@ class MonthArchiver:
             stack.callback(manifest_conn.close)
             uploads = stack.enter_context(ThreadPoolExecutor(1, "archive-upload"))
             recorder = stack.enter_context(ThreadPoolExecutor(1, "archive-manifest"))
-            record = manifest.WrittenPartition(manifest_conn, self.data_type, self.month.month)
-            run = _RunContext(stack, folder, keyring, uploads, recorder, record)
+            record = manifest.WrittenPartition(
+                manifest_conn, self.data_type, self.month.month, round_.number
+            )
+            run = _RunContext(stack, folder, keyring, uploads, recorder, record, round_)
             tables, keys_path = self._extract(run, shapes)
             source_rows = sum(s.rows for s in tables[0].source)
-            keys = uploads.submit(self._upload_keys, keys_path) if source_rows else None
+            keys = (
+                uploads.submit(self._upload_keys, keys_path, round_.number) if source_rows else None
+            )
             entries = self._entries(tables)
             committed = recorder.submit(
                 record.commit,
@@ -301,11 +356,18 @@ class MonthArchiver:
             )
             for step in [*run.recorded, committed]:
                 step.result()
-            result = ArchiveResult(self.month, "written", entries, source_rows=source_rows)
+            result = ArchiveResult(
+                self.month,
+                "written",
+                entries,
+                source_rows=source_rows,
+                round=round_.number,
+                rows_before_round=round_.rows_before,
+            )
             gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
-            self._delete_stray_parts(shapes, entries)
+            self._delete_stray_parts(control_conn, shapes, entries)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
@@ -381,6 +443,7 @@ class MonthArchiver:
                     self._file_metadata(shape),
                     on_close=partial(self._part_closed, run, shape, stored),
                     transform=encrypt,
+                    first_part=run.round.first_parts.get(shape.table, 0),
                 )
                 rows = 0
                 query = select_month(shape, rel, where)
@@ -526,12 +589,14 @@ class MonthArchiver:
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
     def _delete_stray_parts(
-        self, shapes: list[TableShape], entries: list[manifest.ObjectEntry]
+        self, conn: Any, shapes: list[TableShape], entries: list[manifest.ObjectEntry]
     ) -> None:
-        """Remove objects of this month's folders that the verified manifest does not list
-        (parts of an earlier attempt that failed before verification and wrote more parts)."""
+        """Remove objects of this month's folders that the manifest does not list (parts of an
+        earlier attempt of this round that failed before verification and wrote more parts).
+        Every object the manifest records for the month, of any round, is kept."""
         client = self.s3.client("s3")
-        keep = {entry.object_key for entry in entries}
+        recorded = manifest.get_objects(conn, self.data_type, self.month.month)
+        keep = {entry.object_key for entry in [*entries, *recorded]}
         for shape in shapes:
             folder = object_key(self.policy, shape.table, self.month.month, 0).rsplit("/", 1)[0]
             removed = delete_strays(client, self.bucket, f"{folder}/", keep)
@@ -596,10 +661,11 @@ class MonthArchiver:
                 )
         return entries
 
-    def _upload_keys(self, path: Path) -> tuple[str, str, str | None]:
+    def _upload_keys(self, path: Path, round_number: int) -> tuple[str, str, str | None]:
+        name = "keys.parquet" if round_number == 0 else f"keys-round-{round_number}.parquet"
         key = (
             f"{KEYS_PREFIX}/{self.policy.service}/{self.data_type}/"
-            f"year={self.month.month:%Y}/month={self.month.month:%m}/keys.parquet"
+            f"year={self.month.month:%Y}/month={self.month.month:%m}/{name}"
         )
         with path.open("rb") as body:
             response = self.s3.client("s3").put_object(

@@ -282,6 +282,7 @@ class PartWriter:
         metadata: dict[str, str],
         on_close: Callable[[StagedPart], None] | None = None,
         transform: Callable[[pa.Table], pa.Table] | None = None,
+        first_part: int = 0,
     ) -> None:
         if max_rows_per_object <= 0:
             raise ValueError(
@@ -294,6 +295,7 @@ class PartWriter:
         self.file_name = file_name
         self.max_rows = max_rows_per_object
         self.metadata = metadata
+        self.first_part = first_part  # a later round continues the month's part numbers
         self.parts: list[StagedPart] = []
         self._current: StagedPart | None = None
         self._writer: pq.ParquetWriter | None = None
@@ -302,9 +304,8 @@ class PartWriter:
         self._subjects: list[pa.ChunkedArray] = []  # the current part's subject column
 
     def _open(self) -> StagedPart:
-        part = StagedPart(
-            self.table, len(self.parts), self.folder / self.file_name(len(self.parts))
-        )
+        number = self.first_part + len(self.parts)
+        part = StagedPart(self.table, number, self.folder / self.file_name(number))
         part.path.parent.mkdir(parents=True, exist_ok=True)
         self.parts.append(part)
         self._current = part

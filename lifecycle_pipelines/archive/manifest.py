@@ -1,7 +1,7 @@
 """The archive manifest in the control schema: partitions, objects, subject index.
 
-Each state change is one transaction: `WrittenPartition` (or `record_written`) replaces a
-partition's objects and subject index together; `mark_verified`, `mark_purged` and `mark_expired` move states forward.
+Each state change is one transaction: `WrittenPartition` replaces a
+partition's (current round's) objects and subject index together; `mark_verified`, `mark_purged` and `mark_expired` move states forward.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class ObjectEntry:
     subjects: dict[str, int]
     state: str = "written"
     object_id: int | None = None
+    round: int = 0  # the archive round that wrote it (0: the month's first)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,13 @@ class PartitionEntry:
     keys_bucket: str | None
     keys_object_key: str | None
     keys_version_id: str | None
+    round: int = 0  # the current round (later rounds archive rows left after a purge)
+    rows_before_round: int = 0  # parent rows archived by the earlier rounds
+
+    @property
+    def total_rows(self) -> int:
+        """Parent rows archived by every round so far."""
+        return self.rows_before_round + self.source_rows
 
 
 def get_partition(
@@ -64,7 +72,8 @@ def get_partition(
     """The manifest row of a partition, or None."""
     row = conn.execute(
         "SELECT data_type, partition_month, state, snapshot_at, source_rows, keys_bucket,"
-        " keys_object_key, keys_version_id FROM lifecycle.archive_partitions"
+        " keys_object_key, keys_version_id, round, rows_before_round"
+        " FROM lifecycle.archive_partitions"
         " WHERE data_type = %s AND partition_month = %s",
         (data_type, month),
     ).fetchone()
@@ -75,8 +84,8 @@ def get_objects(conn: psycopg.Connection[Any], data_type: str, month: date) -> l
     """The objects of a partition, by table and part."""
     rows = conn.execute(
         "SELECT object_id, table_name, part, bucket, object_key, version_id, storage_class,"
-        " row_count, size_bytes, sha256, pk_min, pk_max, pk_sum, pk_hash_sum, money_sums, state"
-        " FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s"
+        " row_count, size_bytes, sha256, pk_min, pk_max, pk_sum, pk_hash_sum, money_sums, state,"
+        " round FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s"
         " ORDER BY table_name, part",
         (data_type, month),
     ).fetchall()
@@ -99,6 +108,7 @@ def get_objects(conn: psycopg.Connection[Any], data_type: str, month: date) -> l
             subjects={},
             state=r[15],
             object_id=r[0],
+            round=r[16],
         )
         for r in rows
     ]
@@ -113,26 +123,33 @@ class WrittenPartition:
     (version, checksum, source sums) and commits. Until then nothing is visible; a failure or
     a crash leaves the manifest as it was.
 
-    Only a partition that is new or still `written` can be recorded again: a verified or purged
-    partition's objects are the only copy of purged rows and are never replaced.
+    Only the current round of a partition that is new or still `written` can be recorded
+    again, or a next round begun on a purged partition (`round` one above its current): a
+    verified or purged round's objects are the only copy of purged rows and are never replaced.
     """
 
-    def __init__(self, conn: psycopg.Connection[Any], data_type: str, month: date) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], data_type: str, month: date, round: int = 0
+    ) -> None:
         self.conn = conn
         self.data_type = data_type
         self.month = month
+        self.round = round
         self._ids: dict[tuple[str, int], int] = {}
 
     def begin(self, *, snapshot_at: datetime, run_id: str | None) -> None:
         current = self.conn.execute(
-            "SELECT state FROM lifecycle.archive_partitions"
+            "SELECT state, round FROM lifecycle.archive_partitions"
             " WHERE data_type = %s AND partition_month = %s FOR UPDATE",
             (self.data_type, self.month),
         ).fetchone()
-        if current is not None and current[0] != "written":
+        state, round_now = (None, 0) if current is None else (str(current[0]), int(current[1]))
+        again = state in (None, "written") and round_now == self.round
+        following = state == "purged" and self.round == round_now + 1
+        if not (again or following):
             raise RuntimeError(
-                f"{self.data_type} {self.month:%Y-%m} is already {current[0]}; its objects are "
-                "not replaced"
+                f"{self.data_type} {self.month:%Y-%m} is {state} at round {round_now}; round "
+                f"{self.round} cannot be recorded and no object is replaced"
             )
         self.conn.execute(
             "INSERT INTO lifecycle.archive_partitions (data_type, partition_month, state,"
@@ -140,13 +157,16 @@ class WrittenPartition:
             " VALUES (%s, %s, 'written', %s, %s, 0)"
             " ON CONFLICT (data_type, partition_month) DO UPDATE SET state = 'written',"
             " snapshot_at = EXCLUDED.snapshot_at, run_id = EXCLUDED.run_id,"
+            " rows_before_round = archive_partitions.rows_before_round + CASE WHEN %s"
+            " THEN archive_partitions.source_rows ELSE 0 END, round = %s,"
             " source_rows = 0, written_at = now(), verified_at = NULL,"
             " keys_bucket = NULL, keys_object_key = NULL, keys_version_id = NULL",
-            (self.data_type, self.month, snapshot_at, run_id),
+            (self.data_type, self.month, snapshot_at, run_id, following, self.round),
         )
-        self.conn.execute(
-            "DELETE FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s",
-            (self.data_type, self.month),
+        self.conn.execute(  # an earlier attempt of this round (never an earlier round's)
+            "DELETE FROM lifecycle.archive_objects WHERE data_type = %s AND partition_month = %s"
+            " AND round = %s",
+            (self.data_type, self.month, self.round),
         )
 
     def add_object(
@@ -163,9 +183,18 @@ class WrittenPartition:
         row = self.conn.execute(
             "INSERT INTO lifecycle.archive_objects (data_type, partition_month, table_name,"
             " part, bucket, object_key, storage_class, row_count, size_bytes, sha256, pk_sum,"
-            " pk_hash_sum, state) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, '', 0, 0,"
-            " 'written') RETURNING object_id",
-            (self.data_type, self.month, table_name, part, bucket, object_key, storage_class),
+            " pk_hash_sum, state, round) VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, '', 0, 0,"
+            " 'written', %s) RETURNING object_id",
+            (
+                self.data_type,
+                self.month,
+                table_name,
+                part,
+                bucket,
+                object_key,
+                storage_class,
+                self.round,
+            ),
         ).fetchone()
         assert row is not None
         object_id = int(row[0])
@@ -251,25 +280,6 @@ class WrittenPartition:
         self._ids.clear()
 
 
-def record_written(
-    conn: psycopg.Connection[Any],
-    data_type: str,
-    month: date,
-    *,
-    snapshot_at: datetime,
-    run_id: str | None,
-    source_rows: int,
-    keys: tuple[str, str, str | None] | None,
-    objects: Iterable[ObjectEntry],
-) -> None:
-    """Record a partition as written with exactly `objects` (replacing an earlier attempt), in
-    one transaction (`WrittenPartition` in one go; `conn` may be in autocommit mode)."""
-    with conn.transaction():
-        record = WrittenPartition(conn, data_type, month)
-        record.begin(snapshot_at=snapshot_at, run_id=run_id)
-        record.finish(source_rows=source_rows, keys=keys, objects=objects)
-
-
 def _subject_rows_csv(subjects: dict[str, int], object_id: int) -> bytes:
     """COPY CSV rows (subject, object, rows) written by Arrow, in subject order (the primary
     key's order, so that the index receives them in sequence)."""
@@ -305,7 +315,8 @@ def mark_verified(conn: psycopg.Connection[Any], data_type: str, month: date) ->
 def mark_purged(
     conn: psycopg.Connection[Any], data_type: str, month: date, deleted: int, kept: int
 ) -> None:
-    """Record that the partition's archived rows left the source."""
+    """Record that the partition's archived rows (of its current round) left the source;
+    `deleted` adds to the rows earlier rounds' purges deleted, `kept` is this round's."""
     with conn.transaction():
         conn.execute(
             "UPDATE lifecycle.archive_objects SET state = 'purged', purged_at = now()"
@@ -314,7 +325,7 @@ def mark_purged(
         )
         conn.execute(
             "UPDATE lifecycle.archive_partitions SET state = 'purged', purged_at = now(),"
-            " purged_rows = %s, kept_rows = %s"
+            " purged_rows = COALESCE(purged_rows, 0) + %s, kept_rows = %s"
             " WHERE data_type = %s AND partition_month = %s AND state = 'verified'",
             (deleted, kept, data_type, month),
         )

@@ -8,7 +8,9 @@ leaves a consistent state and a re-run continues where it stopped.
 
 A parent row is kept (not deleted) when it or one of its children changed after the snapshot
 (its version differs), or when it gained a child the archive does not hold. Rows inserted into
-the month after the snapshot are never in the keys, so they are never touched.
+the month after the snapshot are never in the keys, so they are never touched. Both are archived
+by the month's next round (`MonthArchiver`, re-run on the purged month), whose purge loads its
+own keys: the progress row records the round it counts.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class PurgeProgress:
     batches: int = 0
     remaining_keys: int = 0
     finished: bool = False
+    round: int = 0
 
 
 def ensure_source_schema(conn: psycopg.Connection[Any]) -> None:
@@ -63,17 +66,18 @@ def ensure_source_schema(conn: psycopg.Connection[Any]) -> None:
 
 
 def progress(conn: psycopg.Connection[Any], month: ArchiveMonth) -> PurgeProgress | None:
-    """The purge progress of a partition, or None if its keys were never loaded."""
+    """The purge progress of a partition (of the round it records), or None if its keys were
+    never loaded."""
     row = conn.execute(
         "SELECT deleted_rows, kept_rows, batches, finished_at IS NOT NULL,"
         " (SELECT count(*) FROM lifecycle_archive.purge_keys k"
-        "  WHERE k.data_type = p.data_type AND k.partition_month = p.partition_month)"
+        "  WHERE k.data_type = p.data_type AND k.partition_month = p.partition_month), round"
         " FROM lifecycle_archive.purge_progress p WHERE data_type = %s AND partition_month = %s",
         (month.data_type, month.month),
     ).fetchone()
     if row is None:
         return None
-    return PurgeProgress(row[0], row[1], row[2], row[4], row[3])
+    return PurgeProgress(row[0], row[1], row[2], row[4], row[3], row[5])
 
 
 def _check_keys(
@@ -104,17 +108,24 @@ def load_keys(
     s3: S3Resource,
     verified: dict[str, tuple[int, int]],
 ) -> int:
-    """Load the partition's keys object into purge_keys (once); returns the keys loaded.
+    """Load the keys object of the partition's current round into purge_keys (once per round;
+    an earlier round's progress is replaced); returns the keys loaded.
 
-    `verified` maps each table to (rows, key sum) of its verified objects in the manifest:
-    keys that disagree with it (a keys object that lists a row no verified object holds)
-    are refused before anything is deleted."""
+    `verified` maps each table to (rows, key sum) of the round's verified objects in the
+    manifest: keys that disagree with it (a keys object that lists a row no verified object
+    holds) are refused before anything is deleted."""
+    forget_earlier_round = (
+        "DELETE FROM lifecycle_archive.purge_progress WHERE data_type = %s"
+        " AND partition_month = %s AND round < %s"
+    )
+    ids = (month.data_type, month.month, partition.round)
     if partition.keys_object_key is None or partition.keys_bucket is None:
         with conn.transaction():
+            conn.execute(forget_earlier_round, ids)
             conn.execute(
                 "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month,"
-                " finished_at) VALUES (%s, %s, now()) ON CONFLICT DO NOTHING",
-                (month.data_type, month.month),
+                " finished_at, round) VALUES (%s, %s, now(), %s) ON CONFLICT DO NOTHING",
+                ids,
             )
         return 0
     loaded = 0
@@ -152,10 +163,11 @@ def load_keys(
                     copy.write(buffer.getvalue())
                     loaded += batch.num_rows
             _check_keys(conn, month, verified)
+            conn.execute(forget_earlier_round, ids)
             conn.execute(
-                "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month)"
-                " VALUES (%s, %s)",
-                (month.data_type, month.month),
+                "INSERT INTO lifecycle_archive.purge_progress (data_type, partition_month, round)"
+                " VALUES (%s, %s, %s)",
+                ids,
             )
     return loaded
 
@@ -327,9 +339,11 @@ def purge_partition(
             ensure_source_schema(conn)
             shapes = check_shapes(conn, data_type, policy)
             current = progress(conn, month)
-            if current is None:
+            if current is None or current.round != partition.round:
                 verified: dict[str, tuple[int, int]] = {}
                 for entry in manifest.get_objects(control_conn, data_type, month.month):
+                    if entry.round != partition.round:  # an earlier round's, purged already
+                        continue
                     rows, total = verified.get(entry.table_name, (0, 0))
                     verified[entry.table_name] = (rows + entry.row_count, total + entry.pk_sum)
                 loaded = load_keys(conn, month, partition, s3, verified)

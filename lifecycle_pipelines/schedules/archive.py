@@ -1,13 +1,15 @@
 """Archive schedules and sensors: per archived data type a monthly schedule running the newest
-month that has just left the policy's active window (archive, verify, then purge, in one run);
+month that has just left the policy's active window (archive, verify, then purge, in one run)
+and a daily sensor running the next round of purged months that still have rows in the source;
 the quarterly restore test and the sensor that completes it."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from lifecycle_pipelines.archive.plan import newest_eligible_month
+from lifecycle_pipelines.archive.plan import ArchiveMonth, newest_eligible_month
 from lifecycle_pipelines.archive.restore_test import open_test, restore_progress
+from lifecycle_pipelines.archive.scope import check_shapes, parent_key_range
 from lifecycle_pipelines.assets.archive import ARCHIVE_PARTITIONS
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.policy import DataTypePolicy, load_policy
@@ -53,16 +55,68 @@ def archive_schedule(
     return _schedule
 
 
+def late_rows_sensor(
+    data_type: str, policy: DataTypePolicy, job: dg.UnresolvedAssetJobDefinition
+) -> dg.SensorDefinition:
+    """Once a day, a run of the next round for every purged month of `data_type` that still has
+    rows in the source (changed after its snapshot, so kept by the purge, or inserted into the
+    month since); one request per month and round."""
+
+    @dg.sensor(
+        name=f"archive_{data_type}_late_rows",
+        job=job,
+        minimum_interval_seconds=24 * 3600,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            f"Archives, as a later round, rows of {data_type} left in purged months (changed or "
+            "inserted after the month's snapshot)."
+        ),
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext, control_db: PostgresResource, shop_db: PostgresResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        with control_db.connect(autocommit=True) as control:
+            ensure_control_schema(control)
+            purged = control.execute(
+                "SELECT partition_month, round FROM lifecycle.archive_partitions"
+                " WHERE data_type = %s AND state = 'purged' ORDER BY partition_month",
+                (data_type,),
+            ).fetchall()
+        if not purged:
+            return dg.SkipReason(f"no purged month of {data_type}")
+        requests = []
+        with shop_db.connect() as shop:
+            parent = check_shapes(shop, data_type, policy)[0]
+            for month, round_ in purged:
+                if parent_key_range(shop, parent, ArchiveMonth(data_type, month)) is None:
+                    continue
+                key = month.isoformat()
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"archive-late:{data_type}:{key}:round-{round_ + 1}",
+                        partition_key=key,
+                        tags={"lifecycle/archive-partition": f"{data_type}:{key}"},
+                    )
+                )
+        if not requests:
+            return dg.SkipReason(f"no rows left in the {len(purged)} purged months of {data_type}")
+        return dg.SensorResult(run_requests=requests)
+
+    return _sensor
+
+
 def archive_jobs_and_schedules() -> tuple[
-    list[dg.UnresolvedAssetJobDefinition], list[dg.ScheduleDefinition]
+    list[dg.UnresolvedAssetJobDefinition], list[dg.ScheduleDefinition], list[dg.SensorDefinition]
 ]:
-    """A job and a monthly schedule for every archived data type of the retention policy."""
-    jobs, schedules = [], []
+    """A job, a monthly schedule and a late-rows sensor for every archived data type of the
+    retention policy."""
+    jobs, schedules, sensors = [], [], []
     for name, data_type in load_policy().archived_types().items():
         job = archive_job(name)
         jobs.append(job)
         schedules.append(archive_schedule(name, data_type, job))
-    return jobs, schedules
+        sensors.append(late_rows_sensor(name, data_type, job))
+    return jobs, schedules, sensors
 
 
 restore_request_job, archive_restore_quarterly = asset_schedule(

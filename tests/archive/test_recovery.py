@@ -19,6 +19,7 @@ from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.erasure.stores import Subject
 from lifecycle_pipelines.policy import load_policy
+from lifecycle_pipelines.schedules.archive import archive_jobs_and_schedules
 from tests.archive.conftest import (
     ARCHIVE_SHOP_DB,
     add,
@@ -119,9 +120,12 @@ def test_crash_in_the_middle_of_a_purge(
     _assert_converged(shop_conn, control_conn, month, before)
 
 
-def test_rows_added_or_changed_after_the_snapshot_survive_the_purge(
-    shop_conn: psycopg.Connection[Any], control_conn: Any
+def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later_round_takes_them(
+    shop_conn: psycopg.Connection[Any], control_conn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The purge keeps a row changed after the snapshot and never sees one inserted after it;
+    archiving the month again archives both as round 1 (a crash in it before verification
+    converges on re-run), its purge empties the month, and round 0's objects are untouched."""
     month = date(2024, 6, 1)
     assert materialize(assets_of("orders")[:1], month.isoformat()).success
     late = shop_conn.execute(
@@ -150,6 +154,79 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge(
         )
     }
     assert left == {late[0], changed[0]}
+
+    first_round = manifest.get_objects(control_conn, "orders", month)
+    left_before = orders_stats(shop_conn, month)
+    archived_before = archived_orders_stats(control_conn, month)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise Crash("injected after the late round's write")
+
+    monkeypatch.setattr(archiver, "verify_object", crash)
+    assert not materialize(assets_of("orders")[:1], month.isoformat()).success
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and (partition.state, partition.round) == ("written", 1)
+    monkeypatch.undo()
+
+    rounds = materialize(assets_of("orders"), month.isoformat())
+
+    assert rounds.success
+    metadata = rounds.asset_materializations_for_node("archive_orders")[0].metadata
+    assert (metadata["round"].value, metadata["rows"].value) == (1, 2)
+    assert metadata["rows_all_rounds"].value == archived_before[0].rows + 2
+    partition = manifest.get_partition(control_conn, "orders", month)
+    assert partition is not None and (partition.state, partition.round) == ("purged", 1)
+    assert orders_stats(shop_conn, month)[0].rows == orders_stats(shop_conn, month)[1].rows == 0
+    objects = manifest.get_objects(control_conn, "orders", month)
+    kept = [(e.object_key, e.version_id, e.state) for e in objects if e.round == 0]
+    assert kept == [(e.object_key, e.version_id, "purged") for e in first_round]
+    for table in ("orders", "order_items"):
+        earlier = max(e.part for e in first_round if e.table_name == table)
+        later = [e.part for e in objects if e.round == 1 and e.table_name == table]
+        assert later and min(later) == earlier + 1  # part numbers go on: no key reused
+    archived = archived_orders_stats(control_conn, month)  # every round's objects
+    assert archived == (
+        add(archived_before[0], left_before[0]),
+        add(archived_before[1], left_before[1]),
+    )
+    again = materialize(assets_of("orders")[:1], month.isoformat())
+    summary = again.asset_materializations_for_node("archive_orders")[0].metadata["summary"]
+    assert "round 1" in cast(str, summary.value) and "confirmed" in cast(str, summary.value)
+
+
+def test_the_late_rows_sensor_asks_for_the_next_round_of_purged_months_with_rows_left(
+    shop_conn: psycopg.Connection[Any], control_conn: Any
+) -> None:
+    month = date(2024, 5, 1)
+    assert materialize(assets_of("orders"), month.isoformat()).success  # purged (or confirmed)
+    sensors = archive_jobs_and_schedules()[2]
+    sensor = next(s for s in sensors if s.name == "archive_orders_late_rows")
+    resources = {k: archive_resources()[k] for k in ("control_db", "shop_db")}
+
+    def requested() -> list[tuple[str | None, str | None]]:
+        with dg.build_sensor_context(resources=resources) as context:
+            result = sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        assert isinstance(result, dg.SensorResult)
+        return [(r.partition_key, r.run_key) for r in result.run_requests or []]
+
+    assert all(key != month.isoformat() for key, _ in requested())
+    row = shop_conn.execute(
+        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
+        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
+        (datetime(2024, 5, 20, tzinfo=UTC),),
+    ).fetchone()
+    shop_conn.commit()
+    try:
+        round_ = manifest.get_partition(control_conn, "orders", month)
+        assert round_ is not None
+        expected = (month.isoformat(), f"archive-late:orders:{month}:round-{round_.round + 1}")
+        assert expected in requested()
+    finally:
+        assert row is not None
+        shop_conn.execute("DELETE FROM orders WHERE order_id = %s", (row[0],))
+        shop_conn.commit()
 
 
 def test_two_runs_of_one_partition_cannot_both_proceed(

@@ -63,6 +63,7 @@ def today() -> datetime:
 def _summary(result: ArchiveResult) -> str:
     lines = [
         f"**{result.month.label}**: {result.state}"
+        + (f", round {result.round} (rows left after a purge)" if result.round else "")
         + (" (confirmed, not re-extracted)" if result.reused else ""),
         "",
         "| table | part | rows | bytes | storage class | object |",
@@ -87,6 +88,8 @@ def archive_metadata(result: ArchiveResult) -> dict[str, dg.MetadataValue]:
     return {
         "state": dg.MetadataValue.text(result.state),
         "rows": dg.MetadataValue.int(result.source_rows),
+        "round": dg.MetadataValue.int(result.round),
+        "rows_all_rounds": dg.MetadataValue.int(result.rows_before_round + result.source_rows),
         "rows_all_tables": dg.MetadataValue.int(sum(e.row_count for e in result.objects)),
         "bytes": dg.MetadataValue.int(sum(e.size_bytes for e in result.objects)),
         "objects": dg.MetadataValue.int(len(result.objects)),
@@ -175,7 +178,8 @@ def build_month_assets(data_type: str, policy: DataTypePolicy) -> list[dg.Assets
         tags={"lifecycle/service": policy.service},
         description=(
             f"Deletes the verified archived rows of one month of {data_type} from the source in "
-            "bounded batches (children first); rows that changed or arrived after the snapshot stay."
+            "bounded batches (children first); rows that changed or arrived after the snapshot "
+            "stay, and the month's archive run archives them as a later round."
         ),
     )
     def _purge(
@@ -199,8 +203,15 @@ def build_month_assets(data_type: str, policy: DataTypePolicy) -> list[dg.Assets
                 logger=context.log,
             )
         seconds = (datetime.now(UTC) - started).total_seconds()
+        if done.kept_rows:
+            context.log.warning(
+                f"{month.label}: {done.kept_rows} parent rows changed after the snapshot and "
+                f"stay in the source; materializing archive_{data_type} for this month again "
+                "archives them (and rows inserted into the month since) as its next round"
+            )
         return dg.MaterializeResult(
             metadata={
+                "round": dg.MetadataValue.int(done.round),
                 "rows_deleted": dg.MetadataValue.int(done.deleted_rows),
                 "parents_kept_changed_after_snapshot": dg.MetadataValue.int(done.kept_rows),
                 "batches": dg.MetadataValue.int(done.batches),
