@@ -50,9 +50,11 @@ def hard_delete_metadata(outcome: HardDeleteOutcome) -> dict[str, dg.MetadataVal
     """Asset metadata of a hard-delete run: counts, the verification and the certificate."""
     parts = [f"**Request {outcome.request_id}: {outcome.state}**"]
     if outcome.holds:
+        # a hold's reason is the legal team's free text (it may name people): ids and scopes
+        # only here; `lifecycle erasure status` shows the reason to the privacy team
         parts.append(
             "Deferred by legal hold: "
-            + "; ".join(f"hold {h.hold_id} on {h.scope}: {h.reason}" for h in outcome.holds)
+            + "; ".join(f"hold {h.hold_id} on {h.scope}" for h in outcome.holds)
         )
     if outcome.results:
         parts.append(results_table(outcome.results))
