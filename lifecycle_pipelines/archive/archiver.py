@@ -64,6 +64,8 @@ from lifecycle_pipelines.archive.memory import return_freed_memory, use_returnin
 from lifecycle_pipelines.archive.plan import (
     ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
+    keys_folder,
+    keys_object_key,
     object_key,
 )
 from lifecycle_pipelines.archive.scope import (
@@ -87,7 +89,6 @@ from lifecycle_pipelines.resources.s3 import S3Resource
 
 log = logging.getLogger(__name__)
 
-KEYS_PREFIX = "_purge_keys"
 # Session settings of the extraction: UTC text timestamps; enough memory to sort a month by key
 # without temporary files; no parallel workers (the client, not the scan, sets the pace, and
 # workers would only take CPU from the rest of the run).
@@ -316,6 +317,9 @@ class MonthArchiver:
                 outcome.failures.append(f"{entry.object_key}: checksum differs from the manifest")
             result.objects.append(entry)
         result.checks = {"reconciliation": outcome}
+        # a later round that failed before its manifest commit may have left parts (and a keys
+        # object) behind, and its rows may be gone since: nothing but the manifest's objects stay
+        self._delete_stray_parts(conn, shapes, [], existing.round)
         self.log.info(
             f"{self.month.label} is already {state}: {len(result.objects)} objects confirmed in S3"
         )
@@ -367,7 +371,7 @@ class MonthArchiver:
             gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
-            self._delete_stray_parts(control_conn, shapes, entries)
+            self._delete_stray_parts(control_conn, shapes, entries, round_.number)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
@@ -589,21 +593,34 @@ class MonthArchiver:
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
     def _delete_stray_parts(
-        self, conn: Any, shapes: list[TableShape], entries: list[manifest.ObjectEntry]
+        self,
+        conn: Any,
+        shapes: list[TableShape],
+        entries: list[manifest.ObjectEntry],
+        round_number: int,
     ) -> None:
-        """Remove objects of this month's folders that the manifest does not list (parts of an
-        earlier attempt of this round that failed before verification and wrote more parts).
-        Every object the manifest records for the month, of any round, is kept."""
+        """Remove objects of this month's folders that the manifest does not list: parts of an
+        earlier attempt that failed before verification and wrote more parts, or that failed
+        before its manifest commit (a late round whose rows were gone by the re-run), and keys
+        objects of rounds after `round_number`. Every object the manifest records for the
+        month, of any round, and every round's keys object up to `round_number` are kept."""
         client = self.s3.client("s3")
         recorded = manifest.get_objects(conn, self.data_type, self.month.month)
         keep = {entry.object_key for entry in [*entries, *recorded]}
-        for shape in shapes:
-            folder = object_key(self.policy, shape.table, self.month.month, 0).rsplit("/", 1)[0]
-            removed = delete_strays(client, self.bucket, f"{folder}/", keep)
+        keep |= {
+            keys_object_key(self.policy, self.data_type, self.month.month, n)
+            for n in range(round_number + 1)
+        }
+        folders = [
+            object_key(self.policy, shape.table, self.month.month, 0).rsplit("/", 1)[0] + "/"
+            for shape in shapes
+        ]
+        for folder in [*folders, keys_folder(self.policy, self.data_type, self.month.month)]:
+            removed = delete_strays(client, self.bucket, folder, keep)
             if removed:
                 self.log.warning(
                     f"{self.month.label}: removed {len(removed)} stray objects under "
-                    f"{self.s3.uri(self.bucket, folder)}/ left by an earlier attempt"
+                    f"{self.s3.uri(self.bucket, folder)} left by an earlier attempt"
                 )
 
     def _part_file_name(self, table: str, part: int) -> str:
@@ -662,11 +679,7 @@ class MonthArchiver:
         return entries
 
     def _upload_keys(self, path: Path, round_number: int) -> tuple[str, str, str | None]:
-        name = "keys.parquet" if round_number == 0 else f"keys-round-{round_number}.parquet"
-        key = (
-            f"{KEYS_PREFIX}/{self.policy.service}/{self.data_type}/"
-            f"year={self.month.month:%Y}/month={self.month.month:%m}/{name}"
-        )
+        key = keys_object_key(self.policy, self.data_type, self.month.month, round_number)
         with path.open("rb") as body:
             response = self.s3.client("s3").put_object(
                 Bucket=self.bucket,

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from lifecycle_pipelines.archive import manifest
+from lifecycle_pipelines.archive.plan import keys_folder
 from lifecycle_pipelines.policy import DataTypePolicy
 
 log = logging.getLogger(__name__)
@@ -117,18 +118,21 @@ def expire_archives(
     report = ExpiryReport()
     for data_type, policy in policies.items():
         rows = conn.execute(
-            "SELECT partition_month, state, keys_bucket, keys_object_key"
+            "SELECT partition_month, state, keys_bucket, round"
             " FROM lifecycle.archive_partitions WHERE data_type = %s"
-            " AND state IN ('verified', 'purged') ORDER BY partition_month",
+            " AND (state IN ('verified', 'purged') OR (state = 'written' AND round > 0))"
+            " ORDER BY partition_month",
             (data_type,),
         ).fetchall()
-        for month, state, keys_bucket, keys_key in rows:
+        for month, state, keys_bucket, round_ in rows:
             due = expires_on(policy, month)
             if due is None or due > today:
                 continue
             label = f"{data_type} {month:%Y-%m}"
-            if state != "purged":
-                report.not_purged.append(label)
+            if state != "purged":  # verified, or a late round not finished: its rows are
+                report.not_purged.append(  # still in the source
+                    label if state == "verified" else f"{label} (late round {round_} written)"
+                )
                 continue
             try:
                 manifest.lock_partition(conn, data_type, month)
@@ -136,9 +140,8 @@ def expire_archives(
                 report.busy.append(label)  # an archive or purge of it is running: next pass
                 continue
             try:
-                _expire_partition(
-                    conn, client, data_type, month, label, (keys_bucket, keys_key), report
-                )
+                keys = (keys_bucket, keys_folder(policy, data_type, month))
+                _expire_partition(conn, client, data_type, month, label, keys, report)
             finally:
                 manifest.unlock_partition(conn, data_type, month)
     return report
@@ -150,14 +153,17 @@ def _expire_partition(
     data_type: str,
     month: date,
     label: str,
-    keys_object: tuple[str | None, str | None],
+    keys_location: tuple[str | None, str],
     report: ExpiryReport,
 ) -> None:
     """Delete one partition's objects (every version) unless a hold keeps one; then its keys
-    object (bucket, key), and mark it expired. Runs under the partition's lock."""
-    keys_bucket, keys_key = keys_object
+    objects, every round's (bucket, folder: the archive bucket), and mark it expired. Runs
+    under the partition's lock."""
+    keys_bucket, folder = keys_location
     held_here = False
-    for entry in manifest.get_objects(conn, data_type, month):
+    entries = manifest.get_objects(conn, data_type, month)
+    keys_bucket = keys_bucket or next((e.bucket for e in entries), None)
+    for entry in entries:
         if entry.state not in ("verified", "purged", "held"):
             continue
         versions = object_versions(client, entry.bucket, entry.object_key)
@@ -194,10 +200,14 @@ def _expire_partition(
         log.info("expired s3://%s/%s", entry.bucket, entry.object_key)
     if held_here:
         return
-    if keys_bucket and keys_key:
-        for version in object_versions(client, keys_bucket, keys_key):
-            client.delete_object(Bucket=keys_bucket, Key=keys_key, VersionId=version["VersionId"])
-            report.versions_deleted += 1
+    if keys_bucket:
+        paginator = client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=keys_bucket, Prefix=folder):
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                client.delete_object(
+                    Bucket=keys_bucket, Key=item["Key"], VersionId=item["VersionId"]
+                )
+                report.versions_deleted += 1
     conn.execute(
         "UPDATE lifecycle.archive_partitions SET state = 'expired', expired_at = now()"
         " WHERE data_type = %s AND partition_month = %s",

@@ -85,3 +85,18 @@ def object_key(policy: DataTypePolicy, entity: str, month: date, part: int) -> s
 def entity_prefix(policy: DataTypePolicy, entity: str) -> str:
     """The key prefix of every archived month of `entity` (the Glue table location)."""
     return f"{policy.service}/{entity}/"
+
+
+KEYS_PREFIX = "_purge_keys"
+
+
+def keys_folder(policy: DataTypePolicy, data_type: str, month: date) -> str:
+    """The folder of a month's keys objects (one per round), beside the archive."""
+    return f"{KEYS_PREFIX}/{policy.service}/{data_type}/year={month:%Y}/month={month:%m}/"
+
+
+def keys_object_key(policy: DataTypePolicy, data_type: str, month: date, round_: int) -> str:
+    """The deterministic key of the keys object (the archived rows' keys and versions, what
+    the purge deletes) of one round of a month: `keys.parquet`, then `keys-round-N.parquet`."""
+    name = "keys.parquet" if round_ == 0 else f"keys-round-{round_}.parquet"
+    return keys_folder(policy, data_type, month) + name

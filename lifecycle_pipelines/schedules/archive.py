@@ -5,6 +5,8 @@ the quarterly restore test and the sensor that completes it."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dagster as dg
 
 from lifecycle_pipelines.archive.plan import ArchiveMonth, newest_eligible_month
@@ -60,7 +62,8 @@ def late_rows_sensor(
 ) -> dg.SensorDefinition:
     """Once a day, a run of the next round for every purged month of `data_type` that still has
     rows in the source (changed after its snapshot, so kept by the purge, or inserted into the
-    month since); one request per month and round."""
+    month since), and again for a late round left `written` (its run failed). Run keys carry the
+    day: a run that failed is asked for again the next day, never twice in one."""
 
     @dg.sensor(
         name=f"archive_{data_type}_late_rows",
@@ -78,22 +81,26 @@ def late_rows_sensor(
         with control_db.connect(autocommit=True) as control:
             ensure_control_schema(control)
             purged = control.execute(
-                "SELECT partition_month, round FROM lifecycle.archive_partitions"
-                " WHERE data_type = %s AND state = 'purged' ORDER BY partition_month",
+                "SELECT partition_month, round, state FROM lifecycle.archive_partitions"
+                " WHERE data_type = %s AND (state = 'purged' OR (state = 'written' AND round > 0))"
+                " ORDER BY partition_month",
                 (data_type,),
             ).fetchall()
         if not purged:
             return dg.SkipReason(f"no purged month of {data_type}")
+        day = f"{datetime.now(UTC):%Y-%m-%d}"
         requests = []
         with shop_db.connect() as shop:
             parent = check_shapes(shop, data_type, policy)[0]
-            for month, round_ in purged:
-                if parent_key_range(shop, parent, ArchiveMonth(data_type, month)) is None:
-                    continue
+            for month, round_, state in purged:
+                if state == "purged":
+                    if parent_key_range(shop, parent, ArchiveMonth(data_type, month)) is None:
+                        continue
+                    round_ += 1
                 key = month.isoformat()
                 requests.append(
                     dg.RunRequest(
-                        run_key=f"archive-late:{data_type}:{key}:round-{round_ + 1}",
+                        run_key=f"archive-late:{data_type}:{key}:round-{round_}:{day}",
                         partition_key=key,
                         tags={"lifecycle/archive-partition": f"{data_type}:{key}"},
                     )

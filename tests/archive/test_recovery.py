@@ -173,7 +173,7 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
     assert rounds.success
     metadata = rounds.asset_materializations_for_node("archive_orders")[0].metadata
     assert (metadata["round"].value, metadata["rows"].value) == (1, 2)
-    assert metadata["rows_all_rounds"].value == archived_before[0].rows + 2
+    assert metadata["rows_archived_all_rounds"].value == archived_before[0].rows + 2
     partition = manifest.get_partition(control_conn, "orders", month)
     assert partition is not None and (partition.state, partition.round) == ("purged", 1)
     assert orders_stats(shop_conn, month)[0].rows == orders_stats(shop_conn, month)[1].rows == 0
@@ -221,8 +221,9 @@ def test_the_late_rows_sensor_asks_for_the_next_round_of_purged_months_with_rows
     try:
         round_ = manifest.get_partition(control_conn, "orders", month)
         assert round_ is not None
-        expected = (month.isoformat(), f"archive-late:orders:{month}:round-{round_.round + 1}")
-        assert expected in requested()
+        day = f"{datetime.now(UTC):%Y-%m-%d}"
+        expected = f"archive-late:orders:{month}:round-{round_.round + 1}:{day}"
+        assert (month.isoformat(), expected) in requested()
     finally:
         assert row is not None
         shop_conn.execute("DELETE FROM orders WHERE order_id = %s", (row[0],))

@@ -89,7 +89,10 @@ def archive_metadata(result: ArchiveResult) -> dict[str, dg.MetadataValue]:
         "state": dg.MetadataValue.text(result.state),
         "rows": dg.MetadataValue.int(result.source_rows),
         "round": dg.MetadataValue.int(result.round),
-        "rows_all_rounds": dg.MetadataValue.int(result.rows_before_round + result.source_rows),
+        # a row archived in two rounds (changed after the first's snapshot) counts in both
+        "rows_archived_all_rounds": dg.MetadataValue.int(
+            result.rows_before_round + result.source_rows
+        ),
         "rows_all_tables": dg.MetadataValue.int(sum(e.row_count for e in result.objects)),
         "bytes": dg.MetadataValue.int(sum(e.size_bytes for e in result.objects)),
         "objects": dg.MetadataValue.int(len(result.objects)),
