@@ -214,8 +214,8 @@ class ArchiveEraser:
         """Destroy the subject's key, plan every listed object, rewrite the readable ones."""
         live = self._live_keys(subject.subject_id)
         destroyed = 0 if dry_run else int(self.keyring.destroy(subject.subject_id))
-        objects = [
-            follow_current_version(self.control, self.s3, obj)
+        objects = [  # a dry run changes nothing, the manifest included
+            follow_current_version(self.control, self.s3, obj, record=not dry_run)
             for obj in listed_objects(self.control, subject.subject_id)
         ]
         decisions = {obj.object_id: self.decide(obj) for obj in objects}
@@ -363,10 +363,10 @@ def in_open_restore_test(conn: psycopg.Connection[Any], object_id: int) -> bool:
 
 
 def follow_current_version(
-    conn: psycopg.Connection[Any], s3: S3Resource, obj: ListedObject
+    conn: psycopg.Connection[Any], s3: S3Resource, obj: ListedObject, *, record: bool = True
 ) -> ListedObject:
     """`obj`, or, when the version the manifest records is gone from S3, the key's current
-    version, which the manifest then takes (version, digest, size; logged).
+    version, which the manifest then takes when `record` (version, digest, size; logged).
 
     That happens when the control database was restored from a backup older than an erasure
     rewrite: the rewrite wrote a new version and deleted the ones before it. A rewrite keeps
@@ -390,6 +390,8 @@ def follow_current_version(
             f"s3://{obj.bucket}/{obj.object_key}: listed in the manifest but gone from S3 (the "
             "control database may be older than the archive); nothing was changed"
         ) from error
+    if not record:
+        return dataclasses.replace(obj, version_id=head.get("VersionId"))
     conn.execute(
         "UPDATE lifecycle.archive_objects SET version_id = %s, sha256 = %s, size_bytes = %s"
         " WHERE object_id = %s",

@@ -186,12 +186,20 @@ def issue(
         prefix = chain_prefix(control)
         key = certificate_key(prefix, sequence, request_id)
         # S3 may hold the chain beyond the database's end (a restore, a removed row): issuing
-        # now would fork it. Only this very certificate, byte for byte, may be there already (a
-        # crash before the row's commit): it is written again.
+        # now would fork it. This request's own certificate at this place in the chain may be
+        # there already (a crash between the upload and the row's commit, or a control
+        # database restored from before it): it is recorded as it is, not written again.
         client = s3.client("s3")
         ahead = stored_keys(client, bucket, prefix, after=f"{prefix}{sequence:010d}")
-        if ahead == [key] and client.get_object(Bucket=bucket, Key=key)["Body"].read() == body:
-            ahead = []
+        if ahead == [key]:
+            stored = client.get_object(Bucket=bucket, Key=key)
+            stored_body = stored["Body"].read()
+            if json.loads(stored_body).get("previous_sha256") == previous:
+                return _record(
+                    control, sequence, request_id, hashlib.sha256(stored_body).hexdigest(),
+                    previous, bucket, key, stored.get("VersionId"),
+                    stored.get("ObjectLockRetainUntilDate") or retain_until_of(document, retention),
+                )  # fmt: skip
         if ahead:
             raise ChainAhead(
                 f"s3://{bucket}/{ahead[0]} and {len(ahead) - 1} more: certificates this control "
@@ -200,8 +208,7 @@ def issue(
                 "(or materialize erasure_ledger_replay) to record them again and erase their "
                 "subjects again, then re-run this request"
             )
-        completed = datetime.fromisoformat(document["completed_at"])
-        retain_until = completed + retention
+        retain_until = retain_until_of(document, retention)
         response = s3.put_bytes(
             bucket,
             key,
@@ -216,16 +223,37 @@ def issue(
         stored = response.get("ChecksumSHA256")
         if stored and stored != base64.b64encode(bytes.fromhex(digest)).decode():
             raise RuntimeError(f"s3://{bucket}/{key}: S3 stored other bytes than the certificate")
-        control.execute(
-            "INSERT INTO lifecycle.erasure_certificates (sequence, request_id, sha256,"
-            " previous_sha256, bucket, object_key, version_id, retain_until)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (sequence, request_id, digest, previous, bucket, key, response.get("VersionId"),
-             retain_until),
+        return _record(
+            control, sequence, request_id, digest, previous, bucket, key,
+            response.get("VersionId"), retain_until,
         )  # fmt: skip
-    return Certificate(
-        sequence, request_id, digest, previous, bucket, key, response.get("VersionId")
+
+
+def retain_until_of(document: dict[str, Any], retention: timedelta = DEFAULT_RETENTION) -> datetime:
+    """The end of a certificate's Object Lock retention: `retention` after its completion."""
+    return datetime.fromisoformat(document["completed_at"]) + retention
+
+
+def _record(
+    control: psycopg.Connection[Any],
+    sequence: int,
+    request_id: int,
+    digest: str,
+    previous: str | None,
+    bucket: str,
+    key: str,
+    version_id: str | None,
+    retain_until: datetime,
+) -> Certificate:
+    """Record a stored certificate in `lifecycle.erasure_certificates` (inside the caller's
+    transaction, under the chain's lock)."""
+    control.execute(
+        "INSERT INTO lifecycle.erasure_certificates (sequence, request_id, sha256,"
+        " previous_sha256, bucket, object_key, version_id, retain_until)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (sequence, request_id, digest, previous, bucket, key, version_id, retain_until),
     )
+    return Certificate(sequence, request_id, digest, previous, bucket, key, version_id)
 
 
 def get(control: psycopg.Connection[Any], request_id: int) -> Certificate | None:

@@ -9,9 +9,10 @@ and with them the destroyed subject keys, while their certificates stay in S3 un
 is recorded), finds each subject by pseudonym among the user ids the stores know, and records
 in one transaction:
 
-- the request as hard-deleted: the restored row itself when it is there at an earlier state
-  (same id, same subject), else a new row under the certificate's request id, or under a new id
-  when a request received after the restore took that one;
+- the request as the certificate says it ended (`hard_deleted`, or `no_data_found`): the
+  restored row itself when it is there at an earlier state (same id, its subject's pseudonym
+  the certificate's, a real request: not a dry run, not merged), else a new row under the
+  certificate's request id, or under a new id when another request has that one now;
 - a ledger entry `recovered from certificate` (sequence and ids only);
 - the certificate's row, so that the chain goes on from S3's end (`certificate.issue` refuses to
   fork it before this has run).
@@ -32,11 +33,17 @@ from typing import Any
 
 import psycopg
 
-from lifecycle_pipelines.erasure.certificate import chain_prefix, parse_key, stored_keys
+from lifecycle_pipelines.erasure.certificate import (
+    chain_prefix,
+    parse_key,
+    retain_until_of,
+    stored_keys,
+)
 from lifecycle_pipelines.erasure.stores import pseudonym
 from lifecycle_pipelines.resources.s3 import S3Resource
 
 RECOVERED_ACTION = "recovered from certificate"
+NO_DATA_FOUND = "no data found"  # a certificate's outcome for a subject the shop never knew
 RECOVERED_BY = "certificate-recovery"
 
 
@@ -97,7 +104,7 @@ def recover_certificates(
                     f"{sequence}; nothing was recorded"
                 )
             subject = subjects.get(str(document.get("subject_pseudonym")), "")
-            request_id = _record_request(control, parsed[1], subject, document)
+            request_id = _record_request(control, parsed[1], subject, document, pseudonym_key)
             control.execute(
                 "INSERT INTO lifecycle.erasure_ledger (request_id, store, action, detail)"
                 " VALUES (%s, 'certificates', %s, %s)",
@@ -119,13 +126,14 @@ def recover_certificates(
                 " previous_sha256, bucket, object_key, version_id, retain_until)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 (parsed[0], request_id, digest, previous, bucket, key, stored.get("VersionId"),
-                 stored.get("ObjectLockRetainUntilDate") or _moment(document["completed_at"])),
+                 stored.get("ObjectLockRetainUntilDate") or retain_until_of(document)),
             )  # fmt: skip
             recovered.append(RecoveredCertificate(parsed[0], request_id, parsed[1], bool(subject)))
             sequence, previous = parsed[0], digest
-        control.execute(
-            "SELECT setval(pg_get_serial_sequence('lifecycle.erasure_requests', 'request_id'),"
-            " (SELECT max(request_id) FROM lifecycle.erasure_requests))"
+        control.execute(  # past every recovered id; never back (a submit may be running)
+            "SELECT setval(s, greatest((SELECT max(request_id) FROM lifecycle.erasure_requests),"
+            " coalesce(pg_sequence_last_value(s::regclass), 1)))"
+            " FROM (SELECT pg_get_serial_sequence('lifecycle.erasure_requests', 'request_id')) q(s)"
         )
     return recovered
 
@@ -135,40 +143,52 @@ def _moment(text: str | None) -> datetime | None:
 
 
 def _record_request(
-    control: psycopg.Connection[Any], certified_id: int, subject: str, document: dict[str, Any]
+    control: psycopg.Connection[Any],
+    certified_id: int,
+    subject: str,
+    document: dict[str, Any],
+    pseudonym_key: bytes,
 ) -> int:
     """The request row a recovered certificate belongs to (see the module docstring)."""
     completed = _moment(document.get("completed_at"))
+    state = "no_data_found" if document.get("outcome") == NO_DATA_FOUND else "hard_deleted"
+    hard_deleted_at = completed if state == "hard_deleted" else None
     row = control.execute(
-        "SELECT subject_id FROM lifecycle.erasure_requests WHERE request_id = %s",
+        "SELECT subject_id, dry_run, merged_into FROM lifecycle.erasure_requests"
+        " WHERE request_id = %s",
         (certified_id,),
     ).fetchone()
-    if row is not None and subject and row[0] == subject:
+    if (
+        row is not None
+        and not row[1]
+        and row[2] is None
+        and pseudonym(str(row[0]), pseudonym_key) == document.get("subject_pseudonym")
+    ):
         control.execute(
-            "UPDATE lifecycle.erasure_requests SET state = 'hard_deleted', hard_deleted_at = %s,"
-            " updated_at = now() WHERE request_id = %s",
-            (completed, certified_id),
+            "UPDATE lifecycle.erasure_requests SET state = %s, hard_deleted_at = %s,"
+            " hold_reason = NULL, updated_at = now() WHERE request_id = %s",
+            (state, hard_deleted_at, certified_id),
         )
         return certified_id
     values = (
         subject,
         RECOVERED_BY,
+        state,
         _moment(document.get("received_at")) or completed,
         _moment(document.get("soft_deleted_at")),
-        completed,
+        hard_deleted_at,
     )
     columns = "subject_id, requested_by, state, received_at, soft_deleted_at, hard_deleted_at"
     if row is None:
         inserted = control.execute(
             f"INSERT INTO lifecycle.erasure_requests (request_id, {columns})"
-            " OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, 'hard_deleted', %s, %s, %s)"
-            " RETURNING request_id",
+            " OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING request_id",
             (certified_id, *values),
         ).fetchone()
-    else:  # a request received after the restore took the id
+    else:  # the id is another request's now (received after the restore, or a dry run)
         inserted = control.execute(
             f"INSERT INTO lifecycle.erasure_requests ({columns})"
-            " VALUES (%s, %s, 'hard_deleted', %s, %s, %s) RETURNING request_id",
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING request_id",
             values,
         ).fetchone()
     assert inserted is not None

@@ -97,10 +97,11 @@ class WarehouseTable:
 
 
 USER_KEY = Derived("user_key", "CHAR(64)", "HMAC-SHA256 of the user id (pseudonymous)")
-# The reconciliation figures of dim_users take a user key as the number its first 8 hex digits
-# spell (32 bits): the warehouse holds no user id, and the source side computes the same number
-# from the HMACs of its own user ids.
-USER_KEY_FIGURE_DIGITS = 8
+# The reconciliation figures of dim_users take a user key (64 hex digits) as the sum of the
+# eight 32-bit numbers its groups of 8 hex digits spell: the warehouse holds no user id, and the
+# source side computes the same number from the HMACs of its own user ids.
+USER_KEY_HEX_DIGITS = 64
+USER_KEY_WORD_DIGITS = 8
 DATE_KEY = Derived("date_key", "INTEGER", "YYYYMMDD of created_at (UTC)")
 
 FACT_ORDERS = WarehouseTable(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from lifecycle_pipelines.archive.stats import cents_sum_sql, pk_hash_sql
-from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_FIGURE_DIGITS
+from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_HEX_DIGITS, USER_KEY_WORD_DIGITS
 
 if TYPE_CHECKING:
     from lifecycle_pipelines.warehouse.model import Engine, WarehouseTable
@@ -176,15 +176,19 @@ def key_profile(relation: sql.Composable, key: str, where: sql.Composable) -> sq
 
 def key_figure(table: WarehouseTable, engine: Engine) -> str:
     """The integer the figures take of row `t`'s key: the key itself, or for the user key (the
-    hex text of an HMAC) the number its first `USER_KEY_FIGURE_DIGITS` hex digits spell, which
-    the source side computes from the HMACs of its own user ids (`transform.user_key_figures`)."""
+    64 hex digits of an HMAC) the sum of the eight 32-bit numbers its groups of 8 hex digits
+    spell, which the source side computes from the HMACs of its own user ids
+    (`transform.user_key_numbers`): a change to any digit changes it."""
     key = ident("t", table.key)
     if table.key != USER_KEY.name:
         return key
-    digits = USER_KEY_FIGURE_DIGITS
+    width = USER_KEY_WORD_DIGITS
+    starts = range(1, USER_KEY_HEX_DIGITS + 1, width)
     if engine == "redshift":
-        return f"STRTOL(SUBSTRING({key}, 1, {digits}), 16)"
-    return f"('x' || substr({key}, 1, {digits}))::bit({4 * digits})::bigint"
+        words = [f"STRTOL(SUBSTRING({key}, {i}, {width}), 16)" for i in starts]
+    else:
+        words = [f"('x' || substr({key}, {i}, {width}))::bit({4 * width})::bigint" for i in starts]
+    return "(" + " + ".join(words) + ")"
 
 
 def _figure_columns(table: WarehouseTable, engine: Engine) -> str:

@@ -11,7 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lifecycle_pipelines.archive.stats import ReconStats, pk_hash
-from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_FIGURE_DIGITS, WarehouseTable
+from lifecycle_pipelines.warehouse.model import (
+    USER_KEY,
+    USER_KEY_HEX_DIGITS,
+    USER_KEY_WORD_DIGITS,
+    WarehouseTable,
+)
 
 _HEX_VALUES = np.zeros(256, dtype=np.int64)
 _HEX_VALUES[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
@@ -57,17 +62,18 @@ def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:
 
 
 def user_key_numbers(keys: pa.Array) -> np.ndarray:
-    """The number the first `USER_KEY_FIGURE_DIGITS` hex digits of each user key spell, as the
-    warehouse computes it in its reconciliation figures (`sql.key_figure`), without a Python
-    loop: the digits are sliced by Arrow and read as one byte matrix."""
-    digits = USER_KEY_FIGURE_DIGITS
+    """Each user key's figure as the warehouse computes it (`sql.key_figure`): the sum of the
+    eight 32-bit numbers its groups of 8 hex digits spell, without a Python loop (the keys'
+    bytes are read as one matrix)."""
+    digits, width = USER_KEY_HEX_DIGITS, USER_KEY_WORD_DIGITS
     if keys.null_count:
         raise ValueError("user_key: a user key is NULL; every user has one")
-    head = pc.cast(pc.utf8_slice_codeunits(keys, 0, digits), pa.binary(digits))
-    matrix = np.frombuffer(head.buffers()[1], dtype=np.uint8)
-    matrix = matrix[head.offset * digits : (head.offset + len(head)) * digits].reshape(-1, digits)
-    shifts = np.arange(4 * (digits - 1), -1, -4, dtype=np.int64)
-    return (_HEX_VALUES[matrix] << shifts).sum(axis=1)
+    fixed = pc.cast(pc.cast(keys, pa.binary()), pa.binary(digits))  # fails unless 64 digits
+    matrix = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
+    matrix = matrix[fixed.offset * digits : (fixed.offset + len(fixed)) * digits]
+    nibbles = _HEX_VALUES[matrix].reshape(-1, digits // width, width)
+    shifts = np.arange(4 * (width - 1), -1, -4, dtype=np.int64)
+    return (nibbles << shifts).sum(axis=(1, 2))
 
 
 def user_key_figures(keys: pa.Array) -> ReconStats:

@@ -537,7 +537,8 @@ def test_a_control_database_restore_recovers_the_certificates_and_erases_again(
             control, request_id, subject_pseudonym="x", outcome="erased", remaining=[]
         )
         with pytest.raises(certificate.ChainAhead, match="Nothing was issued"):
-            certificate.issue(control, resources.s3, request_id, document)
+            # another request's certificate would take the lost one's place: the chain forks
+            certificate.issue(control, resources.s3, request_id + 10_000, document)
 
         replay = _materialize([erasure_ledger_replay])
         metadata = replay.asset_materializations_for_node("erasure_ledger_replay")[0].metadata

@@ -3,6 +3,7 @@ append-only rule and tamper detection of the certificate chain."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any, cast
 
@@ -16,7 +17,7 @@ from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.holds import place_hold
 from lifecycle_pipelines.erasure.recovery import ChainBroken, recover_certificates
 from lifecycle_pipelines.erasure.requests import ErasureRequestError, status, submit
-from tests.erasure.conftest import erasure_resources, run_request
+from tests.erasure.conftest import CONTROL, erasure_resources, run_request
 
 
 def _intake(user_id: str, requested_by: str, dry_run: bool = False) -> dg.ExecuteJobResult:
@@ -178,3 +179,106 @@ def test_a_certificate_that_does_not_continue_the_chain_is_not_recovered(control
         after = control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()
         assert after == before
         assert any(key in p for p in certificate.verify_chain(control, resources.s3))
+
+
+def test_a_certificate_stored_before_a_crash_is_recorded_as_it_is_by_the_re_run(
+    control: Any, shop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload succeeded, the row's commit did not; the re-run's document differs (the
+    ledger grew since): the stored certificate, which links to the chain, is recorded as it
+    is, and nothing is written over it."""
+    request = submit(control, shop, "987654331", "privacy@shop.example")  # unknown subject
+    document = certificate.certificate_document(
+        control, request.request_id, subject_pseudonym="p", outcome="no data found", remaining=[]
+    )
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("connection lost")
+
+    with dg.build_resources({"s3": erasure_resources()["s3"]}) as resources:
+        monkeypatch.setattr(certificate, "_record", crash)
+        with pytest.raises(RuntimeError, match="connection lost"):
+            certificate.issue(control, resources.s3, request.request_id, document)
+        monkeypatch.undo()
+        assert certificate.get(control, request.request_id) is None
+        control.execute(
+            "INSERT INTO lifecycle.erasure_ledger (request_id, store, action)"
+            " VALUES (%s, 'intake', 'looked up again')",
+            (request.request_id,),
+        )
+        again = certificate.certificate_document(
+            control, request.request_id, subject_pseudonym="p", outcome="no data found",
+            remaining=[],
+        )  # fmt: skip
+        assert again != document
+        recorded = certificate.issue(control, resources.s3, request.request_id, again)
+        client = resources.s3.client("s3")
+        stored = client.get_object(Bucket=recorded.bucket, Key=recorded.object_key)["Body"]
+        assert hashlib.sha256(stored.read()).hexdigest() == recorded.sha256
+        versions = client.list_object_versions(Bucket=recorded.bucket, Prefix=recorded.object_key)
+        assert len(versions.get("Versions", [])) == 1
+        assert certificate.verify_chain(control, resources.s3) == []
+
+
+def _forget_request(local_stack: Any, request_id: int, *, dry_run_in_its_place: str | None) -> None:
+    """What a control database restored from a backup taken before the request was received
+    looks like: the request, its ledger and its certificate row gone (as the superuser: the
+    ledger is append-only); with `dry_run_in_its_place`, a later dry run for that subject took
+    its id."""
+    admin = local_stack[0].postgres.start().conninfo()
+    with psycopg.connect(admin, dbname=CONTROL, autocommit=True) as su:
+        su.execute("SET session_replication_role = replica")
+        for table in ("erasure_certificates", "erasure_ledger", "erasure_rewrites"):
+            su.execute(f"DELETE FROM lifecycle.{table} WHERE request_id = %s", (request_id,))
+        su.execute("DELETE FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,))
+        if dry_run_in_its_place is not None:
+            su.execute(
+                "INSERT INTO lifecycle.erasure_requests (request_id, subject_id, requested_by,"
+                " dry_run, state) OVERRIDING SYSTEM VALUE VALUES (%s, %s, 'ops', true,"
+                " 'received')",
+                (request_id, dry_run_in_its_place),
+            )
+
+
+def _recover(control: Any, known: list[str]) -> list[Any]:
+    resources = erasure_resources()
+    with dg.build_resources({"s3": resources["s3"], "warehouse": resources["warehouse"]}) as r:
+        return recover_certificates(
+            control, r.s3, known_subjects=lambda: known, pseudonym_key=r.warehouse.pseudonym_key()
+        )
+
+
+def test_a_lost_no_data_found_certificate_is_recovered_onto_its_own_request(
+    control: Any, shop: Any
+) -> None:
+    request = submit(control, shop, "987654332", "privacy@shop.example")  # unknown subject
+    assert run_request(erasure_soft_delete, request.request_id).success
+    cert = certificate.get(control, request.request_id)
+    assert cert is not None
+    control.execute(  # the control database lost the row (a restore from before it)
+        "DELETE FROM lifecycle.erasure_certificates WHERE request_id = %s", (request.request_id,)
+    )
+    recovered = _recover(control, [])
+    assert [(r.sequence, r.request_id) for r in recovered] == [(cert.sequence, request.request_id)]
+    assert certificate.get(control, request.request_id) == cert
+    row = status(control, request.request_id)
+    assert row is not None and row.state == "no_data_found"
+
+
+def test_a_dry_run_that_took_a_lost_request_id_is_left_alone_by_the_recovery(
+    control: Any, shop: Any, local_stack: Any
+) -> None:
+    request = submit(control, shop, "987654333", "privacy@shop.example")  # unknown subject
+    assert run_request(erasure_soft_delete, request.request_id).success
+    cert = certificate.get(control, request.request_id)
+    assert cert is not None
+    _forget_request(local_stack, request.request_id, dry_run_in_its_place="987654333")
+    recovered = _recover(control, ["987654333"])
+    assert len(recovered) == 1 and recovered[0].request_id != request.request_id
+    dry = status(control, request.request_id)
+    assert dry is not None and dry.dry_run and dry.state == "received"  # untouched
+    real = status(control, recovered[0].request_id)
+    assert real is not None and not real.dry_run and real.subject_id == "987654333"
+    assert real.state == "no_data_found"
+    with dg.build_resources({"s3": erasure_resources()["s3"]}) as r:
+        assert certificate.verify_chain(control, r.s3) == []

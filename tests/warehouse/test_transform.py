@@ -62,10 +62,12 @@ def test_only_the_user_dimension_is_keyed_by_the_user_key() -> None:
     assert not is_user_dimension(FACT_ORDERS)
 
 
-def test_user_key_numbers_are_the_first_eight_hex_digits_of_each_key() -> None:
-    keys = pa.array(["00000000" + "a" * 56, "ffffffff" + "0" * 56, "0123abcd" + "f" * 56])
-    numbers = user_key_numbers(keys.slice(1))
-    assert numbers.tolist() == [0xFFFFFFFF, 0x0123ABCD]
-    figures = user_key_figures(keys)
-    assert (figures.rows, figures.pk_sum) == (3, 0xFFFFFFFF + 0x0123ABCD)
-    assert figures.pk_hash_sum == int(pk_hash(user_key_numbers(keys)).sum())
+def test_a_user_key_figure_is_the_sum_of_its_eight_32_bit_words() -> None:
+    keys = ["00000000" * 8, "ffffffff" + "00000000" * 7, "0123abcd" * 7 + "00000001"]
+    numbers = user_key_numbers(pa.array(keys).slice(1))
+    assert numbers.tolist() == [0xFFFFFFFF, 7 * 0x0123ABCD + 1]
+    changed = "0123abcd" * 7 + "00000002"  # the last digit: the figure changes too
+    assert user_key_numbers(pa.array([changed])).tolist() == [7 * 0x0123ABCD + 2]
+    figures = user_key_figures(pa.array(keys))
+    assert (figures.rows, figures.pk_sum) == (3, 0xFFFFFFFF + 7 * 0x0123ABCD + 1)
+    assert figures.pk_hash_sum == int(pk_hash(user_key_numbers(pa.array(keys))).sum())

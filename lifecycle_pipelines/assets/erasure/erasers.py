@@ -107,12 +107,14 @@ class ErasureStores:
         return results
 
     def known_subjects(self) -> list[str]:
-        """The user ids the stores know: the shop's users and the subjects with a live key."""
+        """The user ids the stores know: the shop's users, the subjects with a key and those
+        of recorded requests."""
         shop = self.shop.execute("SELECT user_id::text FROM users").fetchall()
-        keys = self.control.execute(
-            "SELECT subject_id FROM lifecycle.subject_keys WHERE wrapped_key IS NOT NULL"
+        control = self.control.execute(
+            "SELECT subject_id FROM lifecycle.subject_keys UNION"
+            " SELECT subject_id FROM lifecycle.erasure_requests WHERE subject_id <> ''"
         ).fetchall()
-        return sorted({row[0] for row in shop} | {row[0] for row in keys})
+        return sorted({row[0] for row in shop} | {row[0] for row in control})
 
     def replay(self) -> tuple[ReplayReport, dict[str, int]]:
         """Record again the certificates the control database lost (a restore of it), re-apply
