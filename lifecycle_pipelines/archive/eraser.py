@@ -36,7 +36,7 @@ from botocore.exceptions import ClientError
 
 from lifecycle_pipelines.archive.crypto import PERSONAL_COLUMN, SubjectKeyring
 from lifecycle_pipelines.archive.expiry import delete_unlocked_versions, expires_on
-from lifecycle_pipelines.archive.extract import ROW_GROUP_ROWS
+from lifecycle_pipelines.archive.extract import ROW_GROUP_ROWS, parquet_options
 from lifecycle_pipelines.archive.manifest import object_hold
 from lifecycle_pipelines.archive.reader import object_readability
 from lifecycle_pipelines.erasure.stores import Remaining, StoreResult, Subject
@@ -46,7 +46,6 @@ from lifecycle_pipelines.resources.s3 import S3Resource
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPIRY_HORIZON = timedelta(days=90)
-ZSTD_LEVEL = 3  # as the archiver writes its parts (archive/extract.py)
 _MISSING = {"NoSuchKey", "NoSuchVersion", "404"}
 
 
@@ -127,11 +126,7 @@ def rewrite_object(
     if rewritten:
         buffer = io.BytesIO()
         pq.write_table(
-            table,
-            buffer,
-            compression="zstd",
-            compression_level=ZSTD_LEVEL,
-            row_group_size=ROW_GROUP_ROWS,
+            table, buffer, row_group_size=ROW_GROUP_ROWS, **parquet_options(table.schema)
         )
         body = buffer.getvalue()
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()

@@ -119,3 +119,27 @@ def test_parts_roll_over_and_transform_whole_row_groups(
     assert first.schema_arrow.names == ["event_id", "user_id"]
     assert first.schema_arrow.metadata[b"lifecycle.table"] == b"events"
     assert [first.metadata.row_group(i).num_rows for i in range(first.num_row_groups)] == [4, 4, 2]
+
+
+def test_parts_dictionary_encode_only_strings_and_store_ciphertext_uncompressed(
+    tmp_path: Path,
+) -> None:
+    writer = PartWriter(tmp_path, "orders", lambda part: f"orders-{part}.parquet", 100, {})
+    writer.write(
+        pa.table(
+            {
+                "order_id": pa.array(range(50), pa.int64()),
+                "status": pa.array(["paid", "shipped"] * 25),
+                "_personal": pa.array([bytes([i]) * 40 for i in range(50)], pa.binary()),
+            }
+        ),
+        "order_id",
+        None,
+    )
+    chunks = pq.ParquetFile(writer.close()[0].path).metadata.row_group(0)
+    columns = {chunks.column(i).path_in_schema: chunks.column(i) for i in range(3)}
+    assert columns["order_id"].compression == columns["status"].compression == "ZSTD"
+    assert columns["_personal"].compression == "UNCOMPRESSED"
+    assert "RLE_DICTIONARY" in columns["status"].encodings
+    assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(columns["order_id"].encodings)
+    assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(columns["_personal"].encodings)
