@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import boto3
@@ -24,6 +24,7 @@ from lifecycle_pipelines.archive.reader import download, read_parquet, request_r
 from lifecycle_pipelines.archive.stats import ReconStats, source_stats, table_stats
 from lifecycle_pipelines.assets.archive import archive_month_assets
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
+from lifecycle_pipelines.schedules.archive import archive_jobs_and_schedules
 from tests.conftest import private_shop, resources_with_shop
 
 ARCHIVE_SHOP_DB = "shop_archive_tests"
@@ -135,3 +136,30 @@ def objects_under(prefix: str) -> list[str]:
     bucket = f"{os.environ['LIFECYCLE_BUCKET_PREFIX']}-archive"
     response = boto3.client("s3").list_object_versions(Bucket=bucket, Prefix=prefix)
     return [v["Key"] for v in response.get("Versions", [])]
+
+
+def insert_late_order(conn: psycopg.Connection[Any], created_at: datetime) -> int:
+    """Insert (and commit) one order created at `created_at`, as an order that arrives in a
+    month after its archive snapshot; returns its id."""
+    row = conn.execute(
+        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
+        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
+        (created_at,),
+    ).fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def late_rows_requests() -> list[tuple[str | None, str | None]]:
+    """(partition key, run key) of what the orders late-rows sensor asks for now."""
+    sensor = next(
+        s for s in archive_jobs_and_schedules()[2] if s.name == "archive_orders_late_rows"
+    )
+    resources = {k: archive_resources()[k] for k in ("control_db", "shop_db")}
+    with dg.build_sensor_context(resources=resources) as context:
+        result = sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return []
+    assert isinstance(result, dg.SensorResult)
+    return [(r.partition_key, r.run_key) for r in result.run_requests or []]

@@ -9,19 +9,24 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import boto3
-import dagster as dg
 import psycopg
 import pytest
 
 from lifecycle_pipelines.archive import archiver, manifest
 from lifecycle_pipelines.archive.expiry import expire_archives, expires_on
 from lifecycle_pipelines.policy import load_policy
-from lifecycle_pipelines.schedules.archive import archive_jobs_and_schedules
-from tests.archive.conftest import archive_resources, assets_of, materialize, orders_stats
+from tests.archive.conftest import (
+    assets_of,
+    insert_late_order,
+    late_rows_requests,
+    materialize,
+    orders_stats,
+)
 
 MONTH = date(2023, 12, 1)  # the oldest seeded month: expiring it expires no other test's month
 PARTS = "orders/orders/year=2023/month=12/"
 KEYS = "_purge_keys/orders/orders/year=2023/month=12/"
+LATE = datetime(2023, 12, 15, tzinfo=UTC)
 
 
 class Crash(RuntimeError):
@@ -34,35 +39,29 @@ def _current(prefix: str) -> set[str]:
     return {v["Key"] for v in listed.get("Versions", []) if v["IsLatest"]}
 
 
-def _late_order(shop_conn: psycopg.Connection[Any]) -> int:
-    row = shop_conn.execute(
-        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
-        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
-        (datetime(2023, 12, 15, tzinfo=UTC),),
-    ).fetchone()
-    shop_conn.commit()
-    assert row is not None
-    return int(row[0])
-
-
-def _late_rows_requests() -> list[tuple[str | None, str | None]]:
-    sensor = next(
-        s for s in archive_jobs_and_schedules()[2] if s.name == "archive_orders_late_rows"
-    )
-    resources = {k: archive_resources()[k] for k in ("control_db", "shop_db")}
-    with dg.build_sensor_context(resources=resources) as context:
-        result = sensor(context)
-    if isinstance(result, dg.SkipReason):
-        return []
-    assert isinstance(result, dg.SensorResult)
-    return [(r.partition_key, r.run_key) for r in result.run_requests or []]
-
-
 def _expire(control_conn: Any) -> Any:
     policy = load_policy().get("orders")
     due = expires_on(policy, MONTH)
     assert due is not None
     return expire_archives(control_conn, boto3.client("s3"), {"orders": policy}, due)
+
+
+def test_the_late_rows_sensor_asks_for_the_next_round_of_purged_months_with_rows_left(
+    shop_conn: psycopg.Connection[Any], control_conn: Any
+) -> None:
+    month = MONTH
+    assert materialize(assets_of("orders"), month.isoformat()).success  # purged (or confirmed)
+    assert all(key != month.isoformat() for key, _ in late_rows_requests())
+    late = insert_late_order(shop_conn, LATE)
+    try:
+        partition = manifest.get_partition(control_conn, "orders", month)
+        assert partition is not None
+        day = f"{datetime.now(UTC):%Y-%m-%d}"
+        expected = f"archive-late:orders:{month}:round-{partition.round + 1}:{day}"
+        assert (month.isoformat(), expected) in late_rows_requests()
+    finally:
+        shop_conn.execute("DELETE FROM orders WHERE order_id = %s", (late,))
+        shop_conn.commit()
 
 
 def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
@@ -74,7 +73,7 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
 
     # a late round that fails at its manifest commit has uploaded a part and a keys object;
     # its row is gone by the next run, which only confirms the month and removes them
-    gone = _late_order(shop_conn)
+    gone = insert_late_order(shop_conn, LATE)
     monkeypatch.setattr(manifest.WrittenPartition, "commit", lambda *a, **k: _raise())
     assert not materialize(assets_of("orders")[:1], MONTH.isoformat()).success
     monkeypatch.undo()
@@ -85,7 +84,7 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
     assert _current(PARTS) == first and _current(KEYS) == {KEYS + "keys.parquet"}
 
     # a late round whose verification fails stays written: asked for again, reported by expiry
-    _late_order(shop_conn)
+    insert_late_order(shop_conn, LATE)
     monkeypatch.setattr(archiver, "verify_object", lambda *a, **k: _raise())
     assert not materialize(assets_of("orders"), MONTH.isoformat()).success
     monkeypatch.undo()
@@ -93,7 +92,7 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
     assert partition is not None and (partition.state, partition.round) == ("written", 1)
     day = f"{datetime.now(UTC):%Y-%m-%d}"
     assert (MONTH.isoformat(), f"archive-late:orders:{MONTH}:round-1:{day}") in (
-        _late_rows_requests()
+        late_rows_requests()
     )
     report = _expire(control_conn)
     assert "orders 2023-12 (late round 1 written)" in report.not_purged

@@ -19,13 +19,13 @@ from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.erasure.stores import Subject
 from lifecycle_pipelines.policy import load_policy
-from lifecycle_pipelines.schedules.archive import archive_jobs_and_schedules
 from tests.archive.conftest import (
     ARCHIVE_SHOP_DB,
     add,
     archive_resources,
     archived_orders_stats,
     assets_of,
+    insert_late_order,
     materialize,
     objects_under,
     orders_stats,
@@ -128,18 +128,14 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
     converges on re-run), its purge empties the month, and round 0's objects are untouched."""
     month = date(2024, 6, 1)
     assert materialize(assets_of("orders")[:1], month.isoformat()).success
-    late = shop_conn.execute(
-        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
-        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
-        (datetime(2024, 6, 15, tzinfo=UTC),),
-    ).fetchone()
+    late = insert_late_order(shop_conn, datetime(2024, 6, 15, tzinfo=UTC))
     changed = shop_conn.execute(
         "UPDATE orders SET status = 'returned' WHERE order_id = (SELECT min(order_id) FROM orders"
         " WHERE created_at >= %s AND created_at < %s) RETURNING order_id",
         (month, date(2024, 7, 1)),
     ).fetchone()
     shop_conn.commit()
-    assert late is not None and changed is not None
+    assert changed is not None
 
     result = materialize(assets_of("orders")[1:], month.isoformat())
 
@@ -153,7 +149,7 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
             (month, date(2024, 7, 1)),
         )
     }
-    assert left == {late[0], changed[0]}
+    assert left == {late, changed[0]}
 
     first_round = manifest.get_objects(control_conn, "orders", month)
     left_before = orders_stats(shop_conn, month)
@@ -192,42 +188,6 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
     again = materialize(assets_of("orders")[:1], month.isoformat())
     summary = again.asset_materializations_for_node("archive_orders")[0].metadata["summary"]
     assert "round 1" in cast(str, summary.value) and "confirmed" in cast(str, summary.value)
-
-
-def test_the_late_rows_sensor_asks_for_the_next_round_of_purged_months_with_rows_left(
-    shop_conn: psycopg.Connection[Any], control_conn: Any
-) -> None:
-    month = date(2024, 5, 1)
-    assert materialize(assets_of("orders"), month.isoformat()).success  # purged (or confirmed)
-    sensors = archive_jobs_and_schedules()[2]
-    sensor = next(s for s in sensors if s.name == "archive_orders_late_rows")
-    resources = {k: archive_resources()[k] for k in ("control_db", "shop_db")}
-
-    def requested() -> list[tuple[str | None, str | None]]:
-        with dg.build_sensor_context(resources=resources) as context:
-            result = sensor(context)
-        if isinstance(result, dg.SkipReason):
-            return []
-        assert isinstance(result, dg.SensorResult)
-        return [(r.partition_key, r.run_key) for r in result.run_requests or []]
-
-    assert all(key != month.isoformat() for key, _ in requested())
-    row = shop_conn.execute(
-        "INSERT INTO orders (user_id, status, subtotal, shipping_fee, tax, total, created_at)"
-        " SELECT user_id, 'delivered', 1, 0, 0, 1, %s FROM users LIMIT 1 RETURNING order_id",
-        (datetime(2024, 5, 20, tzinfo=UTC),),
-    ).fetchone()
-    shop_conn.commit()
-    try:
-        round_ = manifest.get_partition(control_conn, "orders", month)
-        assert round_ is not None
-        day = f"{datetime.now(UTC):%Y-%m-%d}"
-        expected = f"archive-late:orders:{month}:round-{round_.round + 1}:{day}"
-        assert (month.isoformat(), expected) in requested()
-    finally:
-        assert row is not None
-        shop_conn.execute("DELETE FROM orders WHERE order_id = %s", (row[0],))
-        shop_conn.commit()
 
 
 def test_two_runs_of_one_partition_cannot_both_proceed(
