@@ -49,7 +49,7 @@ from lifecycle_pipelines.archive.crypto import (
     archived_schema,
     encrypt_personal,
 )
-from lifecycle_pipelines.archive.expiry import delete_strays
+from lifecycle_pipelines.archive.expiry import current_keys, delete_strays
 from lifecycle_pipelines.archive.extract import (
     ARCHIVE_CSV_BLOCK_BYTES,
     PSQL_ENV,
@@ -66,6 +66,7 @@ from lifecycle_pipelines.archive.plan import (
     ArchiveMonth,
     keys_folder,
     keys_object_key,
+    month_folder,
     object_key,
 )
 from lifecycle_pipelines.archive.scope import (
@@ -135,6 +136,7 @@ class ArchiveResult:
     seconds: float = 0.0
     reused: bool = False
     schemas: dict[str, pa.Schema] = field(default_factory=dict)
+    unlisted: int = 0  # objects in the month's folders the manifest does not list (confirming)
     round: int = 0  # 0: the month's first; later rounds archive rows left after a purge
     rows_before_round: int = 0  # parent rows archived by the earlier rounds
 
@@ -317,9 +319,7 @@ class MonthArchiver:
                 outcome.failures.append(f"{entry.object_key}: checksum differs from the manifest")
             result.objects.append(entry)
         result.checks = {"reconciliation": outcome}
-        # a later round that failed before its manifest commit may have left parts (and a keys
-        # object) behind, and its rows may be gone since: nothing but the manifest's objects stay
-        self._delete_stray_parts(conn, shapes, [], existing.round)
+        result.unlisted = self._unlisted_objects(conn, shapes, existing.round)
         self.log.info(
             f"{self.month.label} is already {state}: {len(result.objects)} objects confirmed in S3"
         )
@@ -592,6 +592,45 @@ class MonthArchiver:
         )
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
+    def _kept_and_folders(
+        self,
+        conn: Any,
+        shapes: list[TableShape],
+        entries: list[manifest.ObjectEntry],
+        round_number: int,
+    ) -> tuple[set[str], list[str]]:
+        """The keys the manifest accounts for in this month's folders (every recorded object
+        of any round, `entries`, every round's keys object up to `round_number`) and those
+        folders (each table's, and the keys folder)."""
+        recorded = manifest.get_objects(conn, self.data_type, self.month.month)
+        keep = {entry.object_key for entry in [*entries, *recorded]}
+        keep |= {
+            keys_object_key(self.policy, self.data_type, self.month.month, n)
+            for n in range(round_number + 1)
+        }
+        folders = [month_folder(self.policy, shape.table, self.month.month) for shape in shapes]
+        return keep, [*folders, keys_folder(self.policy, self.data_type, self.month.month)]
+
+    def _unlisted_objects(self, conn: Any, shapes: list[TableShape], round_number: int) -> int:
+        """Count (and report, never delete) objects of a verified or purged month's folders
+        that the manifest does not list: parts of a later round that failed before its manifest
+        commit, or, after a restore of the control database, of rounds it forgot, which may be
+        the only copy of purged rows."""
+        client = self.s3.client("s3")
+        keep, folders = self._kept_and_folders(conn, shapes, [], round_number)
+        unlisted = [
+            key for folder in folders for key in current_keys(client, self.bucket, folder)
+            if key not in keep
+        ]  # fmt: skip
+        if unlisted:
+            self.log.warning(
+                f"{self.month.label}: {len(unlisted)} objects in the month's folders are not in "
+                f"the manifest (first: {self.s3.uri(self.bucket, unlisted[0])}); left as they "
+                "are: a later round that failed before its commit, or the control database is "
+                "older than the archive. Check before deleting them"
+            )
+        return len(unlisted)
+
     def _delete_stray_parts(
         self,
         conn: Any,
@@ -599,23 +638,13 @@ class MonthArchiver:
         entries: list[manifest.ObjectEntry],
         round_number: int,
     ) -> None:
-        """Remove objects of this month's folders that the manifest does not list: parts of an
-        earlier attempt that failed before verification and wrote more parts, or that failed
-        before its manifest commit (a late round whose rows were gone by the re-run), and keys
-        objects of rounds after `round_number`. Every object the manifest records for the
-        month, of any round, and every round's keys object up to `round_number` are kept."""
+        """Remove objects of this month's folders that the manifest does not list once the
+        round's objects are verified: parts of an earlier attempt that failed before
+        verification and wrote more parts, and keys objects of rounds after `round_number`.
+        Every object the manifest records for the month, of any round, is kept."""
         client = self.s3.client("s3")
-        recorded = manifest.get_objects(conn, self.data_type, self.month.month)
-        keep = {entry.object_key for entry in [*entries, *recorded]}
-        keep |= {
-            keys_object_key(self.policy, self.data_type, self.month.month, n)
-            for n in range(round_number + 1)
-        }
-        folders = [
-            object_key(self.policy, shape.table, self.month.month, 0).rsplit("/", 1)[0] + "/"
-            for shape in shapes
-        ]
-        for folder in [*folders, keys_folder(self.policy, self.data_type, self.month.month)]:
+        keep, folders = self._kept_and_folders(conn, shapes, entries, round_number)
+        for folder in folders:
             removed = delete_strays(client, self.bucket, folder, keep)
             if removed:
                 self.log.warning(

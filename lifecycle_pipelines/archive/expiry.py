@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from lifecycle_pipelines.archive import manifest
-from lifecycle_pipelines.archive.plan import keys_folder
+from lifecycle_pipelines.archive.plan import keys_folder, month_folder
 from lifecycle_pipelines.policy import DataTypePolicy
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,21 @@ def delete_unlocked_versions(
     return deleted, kept
 
 
+def current_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    """The keys of the current objects under `prefix`."""
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
 def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list[str]:
     """Delete every version of the objects under `prefix` whose key is not in `keep`; returns
     the keys removed. For a month's folder: parts of an earlier, unverified attempt that wrote
     more parts than the verified one (Athena reads every current object under a partition's
     location). Only current keys are listed (one cheap listing when there is nothing to do);
     a version Object Lock protects is left, with a warning."""
-    strays = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        strays += [item["Key"] for item in page.get("Contents", []) if item["Key"] not in keep]
+    strays = [key for key in current_keys(client, bucket, prefix) if key not in keep]
     for key in strays:
         _, kept = delete_unlocked_versions(client, bucket, key)
         if kept:
@@ -140,8 +146,12 @@ def expire_archives(
                 report.busy.append(label)  # an archive or purge of it is running: next pass
                 continue
             try:
+                folders = [
+                    month_folder(policy, table, month)
+                    for table in (policy.table, *(child.table for child in policy.children))
+                ]
                 keys = (keys_bucket, keys_folder(policy, data_type, month))
-                _expire_partition(conn, client, data_type, month, label, keys, report)
+                _expire_partition(conn, client, data_type, month, label, keys, folders, report)
             finally:
                 manifest.unlock_partition(conn, data_type, month)
     return report
@@ -154,11 +164,13 @@ def _expire_partition(
     month: date,
     label: str,
     keys_location: tuple[str | None, str],
+    folders: list[str],
     report: ExpiryReport,
 ) -> None:
-    """Delete one partition's objects (every version) unless a hold keeps one; then its keys
-    objects, every round's (bucket, folder: the archive bucket), and mark it expired. Runs
-    under the partition's lock."""
+    """Delete one partition's objects (every version) unless a hold keeps one; then whatever
+    else its tables' month folders hold (objects the manifest does not list: a round that
+    failed before its commit), its keys objects, every round's (bucket, folder: the archive
+    bucket), and mark it expired. Runs under the partition's lock."""
     keys_bucket, folder = keys_location
     held_here = False
     entries = manifest.get_objects(conn, data_type, month)
@@ -200,6 +212,8 @@ def _expire_partition(
         log.info("expired s3://%s/%s", entry.bucket, entry.object_key)
     if held_here:
         return
+    if keys_bucket and not _expire_unlisted(conn, client, keys_bucket, folders, entries, report):
+        return
     if keys_bucket:
         paginator = client.get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=keys_bucket, Prefix=folder):
@@ -214,3 +228,32 @@ def _expire_partition(
         (data_type, month),
     )
     report.partitions_expired.append(label)
+
+
+def _expire_unlisted(
+    conn: psycopg.Connection[Any],
+    client: Any,
+    bucket: str,
+    folders: list[str],
+    entries: list[manifest.ObjectEntry],
+    report: ExpiryReport,
+) -> bool:
+    """Delete every version of the objects in the partition's month folders that the manifest
+    does not list (past retention like the rest of the month); False if a hold or Object Lock
+    keeps one (the partition then stays, reported)."""
+    recorded = {entry.object_key for entry in entries}
+    for folder in folders:
+        for key in current_keys(client, bucket, folder):
+            if key in recorded:
+                continue
+            hold = manifest.object_hold(conn, bucket, key)
+            if hold is not None:
+                report.held.append(f"s3://{bucket}/{key}: legal hold {hold} (lifecycle)")
+                return False
+            deleted, kept = delete_unlocked_versions(client, bucket, key)
+            report.versions_deleted += deleted
+            if kept:
+                report.held.append(f"s3://{bucket}/{key}: {kept} versions under Object Lock")
+                return False
+            log.warning("expired s3://%s/%s, an object the manifest did not list", bucket, key)
+    return True

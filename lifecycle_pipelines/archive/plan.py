@@ -82,6 +82,11 @@ def object_key(policy: DataTypePolicy, entity: str, month: date, part: int) -> s
     )
 
 
+def month_folder(policy: DataTypePolicy, entity: str, month: date) -> str:
+    """The folder (Glue partition location) of `entity`'s objects of `month`."""
+    return object_key(policy, entity, month, 0).rsplit("/", 1)[0] + "/"
+
+
 def entity_prefix(policy: DataTypePolicy, entity: str) -> str:
     """The key prefix of every archived month of `entity` (the Glue table location)."""
     return f"{policy.service}/{entity}/"

@@ -194,7 +194,7 @@ def issue(
         if ahead == [key]:
             stored = client.get_object(Bucket=bucket, Key=key)
             stored_body = stored["Body"].read()
-            if json.loads(stored_body).get("previous_sha256") == previous:
+            if _same_request(json.loads(stored_body), document, previous):
                 return _record(
                     control, sequence, request_id, hashlib.sha256(stored_body).hexdigest(),
                     previous, bucket, key, stored.get("VersionId"),
@@ -227,6 +227,16 @@ def issue(
             control, sequence, request_id, digest, previous, bucket, key,
             response.get("VersionId"), retain_until,
         )  # fmt: skip
+
+
+def _same_request(stored: dict[str, Any], document: dict[str, Any], previous: str | None) -> bool:
+    """Whether a stored certificate is this request's, at this place in the chain: same
+    request, subject and receipt (a request received after a restore may reuse the id of one
+    the restore forgot), linked to the database's last certificate."""
+    return stored.get("previous_sha256") == previous and all(
+        stored.get(field) == document.get(field)
+        for field in ("request_id", "subject_pseudonym", "received_at")
+    )
 
 
 def retain_until_of(document: dict[str, Any], retention: timedelta = DEFAULT_RETENTION) -> datetime:

@@ -211,6 +211,9 @@ def test_a_certificate_stored_before_a_crash_is_recorded_as_it_is_by_the_re_run(
             remaining=[],
         )  # fmt: skip
         assert again != document
+        other = {**again, "subject_pseudonym": "another subject"}  # the id reused after a restore
+        with pytest.raises(certificate.ChainAhead):
+            certificate.issue(control, resources.s3, request.request_id, other)
         recorded = certificate.issue(control, resources.s3, request.request_id, again)
         client = resources.s3.client("s3")
         stored = client.get_object(Bucket=recorded.bucket, Key=recorded.object_key)["Body"]

@@ -102,6 +102,7 @@ def archive_metadata(result: ArchiveResult) -> dict[str, dg.MetadataValue]:
             if result.passed and result.objects
             else ("n/a" if result.passed else "FAILED")
         ),
+        "unlisted_objects": dg.MetadataValue.int(result.unlisted),
         "object_uris": dg.MetadataValue.json(
             [f"s3://{e.bucket}/{e.object_key}" for e in result.objects]
         ),
