@@ -49,7 +49,6 @@ from lifecycle_pipelines.archive.crypto import (
     archived_schema,
     encrypt_personal,
 )
-from lifecycle_pipelines.archive.expiry import current_keys, delete_strays
 from lifecycle_pipelines.archive.extract import (
     ARCHIVE_CSV_BLOCK_BYTES,
     PSQL_ENV,
@@ -61,12 +60,11 @@ from lifecycle_pipelines.archive.extract import (
     stream_batches,
 )
 from lifecycle_pipelines.archive.memory import return_freed_memory, use_returning_arrow_pool
+from lifecycle_pipelines.archive.month_folders import MonthFolders
 from lifecycle_pipelines.archive.plan import (
     ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
-    keys_folder,
     keys_object_key,
-    month_folder,
     object_key,
 )
 from lifecycle_pipelines.archive.scope import (
@@ -319,13 +317,17 @@ class MonthArchiver:
                 outcome.failures.append(f"{entry.object_key}: checksum differs from the manifest")
             result.objects.append(entry)
         result.checks = {"reconciliation": outcome}
-        result.unlisted = self._unlisted_objects(conn, shapes, existing.round)
+        result.unlisted = self._folders(shapes).count_unlisted(conn, existing.round)
         self.log.info(
             f"{self.month.label} is already {state}: {len(result.objects)} objects confirmed in S3"
         )
         return result
 
     def _archive(self, control_conn: Any, shapes: list[TableShape], round_: Round) -> ArchiveResult:
+        first_attempt = manifest.record_attempt(
+            control_conn, self.data_type, self.month.month, round_.number, self.run_id
+        )
+        self._folders(shapes).refuse_unknown(control_conn, round_.number, first_attempt)
         keyring = SubjectKeyring(control_conn, self.s3.client("kms"), self.kms_key_id)
         self.s3.client("s3")  # built once here; the upload thread shares it (thread-safe)
         gx_ready = start_warm_up()  # GX imports for seconds: overlap it with the extraction
@@ -371,7 +373,7 @@ class MonthArchiver:
             gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
-            self._delete_stray_parts(control_conn, shapes, entries, round_.number)
+            self._folders(shapes).delete_strays(control_conn, entries, round_.number)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
@@ -592,65 +594,10 @@ class MonthArchiver:
         )
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
-    def _kept_and_folders(
-        self,
-        conn: Any,
-        shapes: list[TableShape],
-        entries: list[manifest.ObjectEntry],
-        round_number: int,
-    ) -> tuple[set[str], list[str]]:
-        """The keys the manifest accounts for in this month's folders (every recorded object
-        of any round, `entries`, every round's keys object up to `round_number`) and those
-        folders (each table's, and the keys folder)."""
-        recorded = manifest.get_objects(conn, self.data_type, self.month.month)
-        keep = {entry.object_key for entry in [*entries, *recorded]}
-        keep |= {
-            keys_object_key(self.policy, self.data_type, self.month.month, n)
-            for n in range(round_number + 1)
-        }
-        folders = [month_folder(self.policy, shape.table, self.month.month) for shape in shapes]
-        return keep, [*folders, keys_folder(self.policy, self.data_type, self.month.month)]
-
-    def _unlisted_objects(self, conn: Any, shapes: list[TableShape], round_number: int) -> int:
-        """Count (and report, never delete) objects of a verified or purged month's folders
-        that the manifest does not list: parts of a later round that failed before its manifest
-        commit, or, after a restore of the control database, of rounds it forgot, which may be
-        the only copy of purged rows."""
-        client = self.s3.client("s3")
-        keep, folders = self._kept_and_folders(conn, shapes, [], round_number)
-        unlisted = [
-            key for folder in folders for key in current_keys(client, self.bucket, folder)
-            if key not in keep
-        ]  # fmt: skip
-        if unlisted:
-            self.log.warning(
-                f"{self.month.label}: {len(unlisted)} objects in the month's folders are not in "
-                f"the manifest (first: {self.s3.uri(self.bucket, unlisted[0])}); left as they "
-                "are: a later round that failed before its commit, or the control database is "
-                "older than the archive. Check before deleting them"
-            )
-        return len(unlisted)
-
-    def _delete_stray_parts(
-        self,
-        conn: Any,
-        shapes: list[TableShape],
-        entries: list[manifest.ObjectEntry],
-        round_number: int,
-    ) -> None:
-        """Remove objects of this month's folders that the manifest does not list once the
-        round's objects are verified: parts of an earlier attempt that failed before
-        verification and wrote more parts, and keys objects of rounds after `round_number`.
-        Every object the manifest records for the month, of any round, is kept."""
-        client = self.s3.client("s3")
-        keep, folders = self._kept_and_folders(conn, shapes, entries, round_number)
-        for folder in folders:
-            removed = delete_strays(client, self.bucket, folder, keep)
-            if removed:
-                self.log.warning(
-                    f"{self.month.label}: removed {len(removed)} stray objects under "
-                    f"{self.s3.uri(self.bucket, folder)} left by an earlier attempt"
-                )
+    def _folders(self, shapes: list[TableShape]) -> MonthFolders:
+        return MonthFolders(
+            self.s3, self.bucket, self.policy, self.month, [s.table for s in shapes], self.log
+        )
 
     def _part_file_name(self, table: str, part: int) -> str:
         return Path(object_key(self.policy, table, self.month.month, part)).name

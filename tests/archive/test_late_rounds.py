@@ -6,14 +6,14 @@ keys objects and whatever else the month's folders hold."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import boto3
 import psycopg
 import pytest
 
-from lifecycle_pipelines.archive import archiver, manifest
+from lifecycle_pipelines.archive import archiver, manifest, month_folders
 from lifecycle_pipelines.archive.expiry import expire_archives, expires_on
 from lifecycle_pipelines.policy import load_policy
 from tests.archive.conftest import (
@@ -120,3 +120,65 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
 
 def _raise() -> None:
     raise Crash("injected")
+
+
+def _forget_month(control_conn: Any, month: date) -> None:
+    """The control database as a backup from before the month was archived would hold it."""
+    ids = (month,)
+    control_conn.execute(
+        "DELETE FROM lifecycle.subject_index WHERE object_id IN (SELECT object_id FROM"
+        " lifecycle.archive_objects WHERE data_type = 'orders' AND partition_month = %s)",
+        ids,
+    )
+    for table in ("archive_objects", "archive_partitions", "archive_attempts"):
+        control_conn.execute(
+            f"DELETE FROM lifecycle.{table} WHERE data_type = 'orders' AND partition_month = %s",
+            ids,
+        )
+
+
+def _remove_everything_under(prefix: str) -> None:
+    client = boto3.client("s3")
+    listed = client.list_object_versions(Bucket=_bucket(), Prefix=prefix)
+    for item in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
+        client.delete_object(Bucket=_bucket(), Key=item["Key"], VersionId=item["VersionId"])
+
+
+def test_a_month_whose_objects_the_manifest_forgot_is_not_written_over(
+    shop_conn: psycopg.Connection[Any], control_conn: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month archived and purged, then the control database restored from before that: the
+    month's objects are the only copy of its purged rows. Archiving the month again (new rows
+    arrived) stops before writing anything, naming the objects."""
+    month = date(2023, 1, 1)  # before the seeded shop's months: this test's own rows only
+    folder = "orders/orders/year=2023/month=01/"
+    keys = "_purge_keys/orders/orders/year=2023/month=01/"
+    created = datetime(2023, 1, 10, tzinfo=UTC)
+    try:
+        insert_late_order(shop_conn, created)
+        assert materialize(assets_of("orders"), month.isoformat()).success
+        archived = _current(folder)
+        assert archived and orders_stats(shop_conn, month)[0].rows == 0  # purged
+        _forget_month(control_conn, month)
+        insert_late_order(shop_conn, created)
+        # the restore happened seconds after the archive run here, not hours: no clock margin
+        monkeypatch.setattr(month_folders, "ATTEMPT_CLOCK_MARGIN", timedelta(0))
+
+        again = materialize(assets_of("orders")[:1], month.isoformat())
+
+        assert not again.success
+        failure = again.failure_data_for_node("archive_orders")
+        assert failure is not None
+        assert "older than this round's first attempt" in str(failure.error)
+        assert f"(first: s3://{_bucket()}/{keys}keys.parquet)" in str(failure.error)
+        assert _current(folder) == archived  # nothing written over, nothing removed
+        assert manifest.get_partition(control_conn, "orders", month) is None
+    finally:
+        _forget_month(control_conn, month)
+        _remove_everything_under(folder)
+        _remove_everything_under(keys)
+        shop_conn.execute(
+            "DELETE FROM orders WHERE created_at >= %s AND created_at < %s",
+            (month, date(2023, 2, 1)),
+        )
+        shop_conn.commit()
