@@ -317,17 +317,16 @@ class MonthArchiver:
                 outcome.failures.append(f"{entry.object_key}: checksum differs from the manifest")
             result.objects.append(entry)
         result.checks = {"reconciliation": outcome}
-        result.unlisted = self._folders(shapes).count_unlisted(conn, existing.round)
+        folders = self._folders(shapes)
+        folders.ensure_marker(conn, existing.round)
+        result.unlisted = folders.count_unlisted(conn, existing.round)
         self.log.info(
             f"{self.month.label} is already {state}: {len(result.objects)} objects confirmed in S3"
         )
         return result
 
     def _archive(self, control_conn: Any, shapes: list[TableShape], round_: Round) -> ArchiveResult:
-        first_attempt = manifest.record_attempt(
-            control_conn, self.data_type, self.month.month, round_.number, self.run_id
-        )
-        self._folders(shapes).refuse_unknown(control_conn, round_.number, first_attempt)
+        self._folders(shapes).refuse_unknown(round_.number)
         keyring = SubjectKeyring(control_conn, self.s3.client("kms"), self.kms_key_id)
         self.s3.client("s3")  # built once here; the upload thread shares it (thread-safe)
         gx_ready = start_warm_up()  # GX imports for seconds: overlap it with the extraction
@@ -375,6 +374,7 @@ class MonthArchiver:
         if result.passed:
             self._folders(shapes).delete_strays(control_conn, entries, round_.number)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
+            self._folders(shapes).write_marker(round_.number, entries)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
         else:

@@ -248,9 +248,7 @@ def _expire_unlisted(
     keeps one (the partition then stays, reported)."""
     recorded = {entry.object_key for entry in entries}
     for folder in folders:
-        for key in current_keys(client, bucket, folder):
-            if key in recorded:
-                continue
+        for key in sorted(_keys_with_versions(client, bucket, folder) - recorded):
             hold = manifest.object_hold(conn, bucket, key)
             if hold is not None:
                 report.held.append(f"s3://{bucket}/{key}: legal hold {hold} (lifecycle)")
@@ -262,3 +260,12 @@ def _expire_unlisted(
                 return False
             log.warning("expired s3://%s/%s, an object the manifest did not list", bucket, key)
     return True
+
+
+def _keys_with_versions(client: Any, bucket: str, prefix: str) -> set[str]:
+    """Every key under `prefix` that has a version or a delete marker (a key whose current
+    version is a delete marker still holds its older versions)."""
+    keys: set[str] = set()
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        keys |= {item["Key"] for item in page.get("Versions", []) + page.get("DeleteMarkers", [])}
+    return keys

@@ -331,26 +331,6 @@ def mark_purged(
         )
 
 
-def record_attempt(
-    conn: psycopg.Connection[Any], data_type: str, month: date, round_: int, run_id: str | None
-) -> datetime:
-    """Record (autocommit) that an attempt of a partition's round starts now, before it
-    uploads anything; returns the round's first recorded attempt's start (this one's if it is
-    the first)."""
-    conn.execute(
-        "INSERT INTO lifecycle.archive_attempts (data_type, partition_month, round, run_id)"
-        " VALUES (%s, %s, %s, %s)",
-        (data_type, month, round_, run_id),
-    )
-    row = conn.execute(
-        "SELECT min(started_at) FROM lifecycle.archive_attempts"
-        " WHERE data_type = %s AND partition_month = %s AND round = %s",
-        (data_type, month, round_),
-    ).fetchone()
-    assert row is not None and row[0] is not None
-    return row[0]
-
-
 class PartitionBusy(RuntimeError):
     """Another run holds this partition; this run changed nothing."""
 

@@ -233,10 +233,16 @@ def _same_request(stored: dict[str, Any], document: dict[str, Any], previous: st
     """Whether a stored certificate is this request's, at this place in the chain: same
     request, subject and receipt (a request received after a restore may reuse the id of one
     the restore forgot), linked to the database's last certificate."""
-    return stored.get("previous_sha256") == previous and all(
-        stored.get(field) == document.get(field)
-        for field in ("request_id", "subject_pseudonym", "received_at")
+    return (
+        stored.get("previous_sha256") == previous
+        and all(stored.get(f) == document.get(f) for f in ("request_id", "subject_pseudonym"))
+        and _instant(stored.get("received_at")) == _instant(document.get("received_at"))
     )
+
+
+def _instant(text: Any) -> datetime | None:
+    """An ISO timestamp as an instant (the session's time zone may differ between runs)."""
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
 
 
 def retain_until_of(document: dict[str, Any], retention: timedelta = DEFAULT_RETENTION) -> datetime:

@@ -6,14 +6,14 @@ keys objects and whatever else the month's folders hold."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 import boto3
 import psycopg
 import pytest
 
-from lifecycle_pipelines.archive import archiver, manifest, month_folders
+from lifecycle_pipelines.archive import archiver, manifest
 from lifecycle_pipelines.archive.expiry import expire_archives, expires_on
 from lifecycle_pipelines.policy import load_policy
 from tests.archive.conftest import (
@@ -73,7 +73,8 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
 ) -> None:
     assert materialize(assets_of("orders"), MONTH.isoformat()).success
     first = _current(PARTS)
-    assert first and _current(KEYS) == {KEYS + "keys.parquet"}
+    round_0 = {KEYS + "keys.parquet", KEYS + "verified-round-0.json"}  # keys, and the marker
+    assert first and _current(KEYS) == round_0
 
     # a late round that fails at its manifest commit has uploaded a part and a keys object;
     # its row is gone by the next run, which only confirms the month: it reports them and
@@ -83,7 +84,7 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
     monkeypatch.setattr(manifest.WrittenPartition, "commit", lambda *a, **k: _raise())
     assert not materialize(assets_of("orders")[:1], MONTH.isoformat()).success
     monkeypatch.undo()
-    left_behind = (_current(PARTS) - first) | (_current(KEYS) - {KEYS + "keys.parquet"})
+    left_behind = (_current(PARTS) - first) | (_current(KEYS) - round_0)
     assert len(left_behind) == 2
     shop_conn.execute("DELETE FROM orders WHERE order_id = %s", (gone,))
     shop_conn.commit()
@@ -109,7 +110,10 @@ def test_failed_late_rounds_leave_nothing_behind_and_the_month_expires_whole(
 
     assert materialize(assets_of("orders"), MONTH.isoformat()).success
     assert orders_stats(shop_conn, MONTH)[0].rows == 0
-    assert _current(KEYS) == {KEYS + "keys.parquet", KEYS + "keys-round-1.parquet"}
+    assert _current(KEYS) == round_0 | {
+        KEYS + "keys-round-1.parquet",
+        KEYS + "verified-round-1.json",
+    }
 
     stray = PARTS + "orders-part-00099.parquet"  # an object the manifest never listed
     boto3.client("s3").put_object(Bucket=_bucket(), Key=stray, Body=b"left behind")
@@ -130,7 +134,7 @@ def _forget_month(control_conn: Any, month: date) -> None:
         " lifecycle.archive_objects WHERE data_type = 'orders' AND partition_month = %s)",
         ids,
     )
-    for table in ("archive_objects", "archive_partitions", "archive_attempts"):
+    for table in ("archive_objects", "archive_partitions"):
         control_conn.execute(
             f"DELETE FROM lifecycle.{table} WHERE data_type = 'orders' AND partition_month = %s",
             ids,
@@ -145,7 +149,7 @@ def _remove_everything_under(prefix: str) -> None:
 
 
 def test_a_month_whose_objects_the_manifest_forgot_is_not_written_over(
-    shop_conn: psycopg.Connection[Any], control_conn: Any, monkeypatch: pytest.MonkeyPatch
+    shop_conn: psycopg.Connection[Any], control_conn: Any
 ) -> None:
     """A month archived and purged, then the control database restored from before that: the
     month's objects are the only copy of its purged rows. Archiving the month again (new rows
@@ -161,16 +165,14 @@ def test_a_month_whose_objects_the_manifest_forgot_is_not_written_over(
         assert archived and orders_stats(shop_conn, month)[0].rows == 0  # purged
         _forget_month(control_conn, month)
         insert_late_order(shop_conn, created)
-        # the restore happened seconds after the archive run here, not hours: no clock margin
-        monkeypatch.setattr(month_folders, "ATTEMPT_CLOCK_MARGIN", timedelta(0))
 
         again = materialize(assets_of("orders")[:1], month.isoformat())
 
         assert not again.success
         failure = again.failure_data_for_node("archive_orders")
         assert failure is not None
-        assert "older than this round's first attempt" in str(failure.error)
-        assert f"(first: s3://{_bucket()}/{keys}keys.parquet)" in str(failure.error)
+        assert "S3 records round 0 of this month as verified" in str(failure.error)
+        assert f"s3://{_bucket()}/{keys}verified-round-0.json" in str(failure.error)
         assert _current(folder) == archived  # nothing written over, nothing removed
         assert manifest.get_partition(control_conn, "orders", month) is None
     finally:

@@ -285,3 +285,12 @@ def test_a_dry_run_that_took_a_lost_request_id_is_left_alone_by_the_recovery(
     assert real.state == "no_data_found"
     with dg.build_resources({"s3": erasure_resources()["s3"]}) as r:
         assert certificate.verify_chain(control, r.s3) == []
+
+
+def test_a_stored_certificate_is_the_same_request_whatever_time_zone_rendered_it() -> None:
+    stored = {"request_id": 7, "subject_pseudonym": "p", "previous_sha256": "a",
+              "received_at": "2026-11-26T10:00:00+00:00"}  # fmt: skip
+    again = {**stored, "received_at": "2026-11-26T11:00:00+01:00"}  # another session TimeZone
+    assert certificate._same_request(stored, again, "a")
+    assert not certificate._same_request(stored, {**again, "subject_pseudonym": "q"}, "a")
+    assert not certificate._same_request(stored, again, "b")
