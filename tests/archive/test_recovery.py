@@ -15,6 +15,7 @@ from lifecycle_pipelines.archive import archiver, manifest, purge
 from lifecycle_pipelines.archive.crypto import SubjectKeyring
 from lifecycle_pipelines.archive.eraser import ArchiveEraser
 from lifecycle_pipelines.archive.manifest import PartitionBusy, lock_partition
+from lifecycle_pipelines.archive.query import query_archive
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure.requests import submit
 from lifecycle_pipelines.erasure.stores import Subject
@@ -129,6 +130,13 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
     month = date(2024, 6, 1)
     assert materialize(assets_of("orders")[:1], month.isoformat()).success
     late = insert_late_order(shop_conn, datetime(2024, 6, 15, tzinfo=UTC))
+    before_change = shop_conn.execute(
+        "SELECT status FROM orders WHERE order_id = (SELECT min(order_id) FROM orders"
+        " WHERE created_at >= %s AND created_at < %s)",
+        (month, date(2024, 7, 1)),
+    ).fetchone()
+    assert before_change is not None
+    first_status = before_change[0]
     changed = shop_conn.execute(
         "UPDATE orders SET status = 'returned' WHERE order_id = (SELECT min(order_id) FROM orders"
         " WHERE created_at >= %s AND created_at < %s) RETURNING order_id",
@@ -188,6 +196,19 @@ def test_rows_added_or_changed_after_the_snapshot_survive_the_purge_then_a_later
     again = materialize(assets_of("orders")[:1], month.isoformat())
     summary = again.asset_materializations_for_node("archive_orders")[0].metadata["summary"]
     assert "round 1" in cast(str, summary.value) and "confirmed" in cast(str, summary.value)
+    # the changed order is in both rounds; `orders_latest` holds its newest version only
+    with dg.build_resources(archive_resources()) as r:
+        versions = (
+            query_archive(
+                f"SELECT status FROM orders WHERE order_id = {changed[0]}"
+                f" UNION ALL SELECT 'latest:' || status FROM orders_latest WHERE order_id = {changed[0]}",
+                s3=r.s3,
+                control=r.control_db,
+            )
+            .table.column("status")
+            .to_pylist()
+        )
+    assert sorted(versions) == sorted(["returned", "latest:returned", first_status])
 
 
 def test_two_runs_of_one_partition_cannot_both_proceed(
