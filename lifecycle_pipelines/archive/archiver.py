@@ -326,7 +326,8 @@ class MonthArchiver:
         return result
 
     def _archive(self, control_conn: Any, shapes: list[TableShape], round_: Round) -> ArchiveResult:
-        self._folders(shapes).refuse_unknown(round_.number)
+        folders = self._folders(shapes)
+        folders.refuse_unknown(round_.number)
         keyring = SubjectKeyring(control_conn, self.s3.client("kms"), self.kms_key_id)
         self.s3.client("s3")  # built once here; the upload thread shares it (thread-safe)
         gx_ready = start_warm_up()  # GX imports for seconds: overlap it with the extraction
@@ -372,9 +373,9 @@ class MonthArchiver:
             gx_ready.join()
             self._verify(tables, entries, result)
         if result.passed:
-            self._folders(shapes).delete_strays(control_conn, entries, round_.number)
+            folders.delete_strays(control_conn, entries, round_.number)
             manifest.mark_verified(control_conn, self.data_type, self.month.month)
-            self._folders(shapes).write_marker(round_.number, entries)
+            folders.write_marker(round_.number, entries)
             result.state = "verified"
             self.log.info(f"{self.month.label}: {len(entries)} objects verified")
         else:

@@ -92,17 +92,12 @@ def delete_unlocked_versions(
     return deleted, kept
 
 
-def current_objects(client: Any, bucket: str, prefix: str) -> dict[str, datetime]:
-    """The current objects under `prefix`: key -> last modified."""
-    found: dict[str, datetime] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found.update({item["Key"]: item["LastModified"] for item in page.get("Contents", [])})
-    return found
-
-
 def current_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     """The keys of the current objects under `prefix`."""
-    return list(current_objects(client, bucket, prefix))
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
 
 
 def delete_strays(client: Any, bucket: str, prefix: str, keep: set[str]) -> list[str]:

@@ -236,12 +236,13 @@ def _same_request(stored: dict[str, Any], document: dict[str, Any], previous: st
     return (
         stored.get("previous_sha256") == previous
         and all(stored.get(f) == document.get(f) for f in ("request_id", "subject_pseudonym"))
-        and _instant(stored.get("received_at")) == _instant(document.get("received_at"))
+        and instant(stored.get("received_at")) == instant(document.get("received_at"))
     )
 
 
-def _instant(text: Any) -> datetime | None:
-    """An ISO timestamp as an instant (the session's time zone may differ between runs)."""
+def instant(text: Any) -> datetime | None:
+    """A certificate's ISO timestamp as an instant (None when absent); the session's time zone
+    that rendered it may differ between runs."""
     return datetime.fromisoformat(text) if isinstance(text, str) else None
 
 

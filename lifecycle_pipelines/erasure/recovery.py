@@ -28,13 +28,13 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from lifecycle_pipelines.erasure.certificate import (
     chain_prefix,
+    instant,
     parse_key,
     retain_until_of,
     stored_keys,
@@ -138,10 +138,6 @@ def recover_certificates(
     return recovered
 
 
-def _moment(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
 def _record_request(
     control: psycopg.Connection[Any],
     certified_id: int,
@@ -150,7 +146,7 @@ def _record_request(
     pseudonym_key: bytes,
 ) -> int:
     """The request row a recovered certificate belongs to (see the module docstring)."""
-    completed = _moment(document.get("completed_at"))
+    completed = instant(document.get("completed_at"))
     state = "no_data_found" if document.get("outcome") == NO_DATA_FOUND else "hard_deleted"
     hard_deleted_at = completed if state == "hard_deleted" else None
     row = control.execute(
@@ -174,8 +170,8 @@ def _record_request(
         subject,
         RECOVERED_BY,
         state,
-        _moment(document.get("received_at")) or completed,
-        _moment(document.get("soft_deleted_at")),
+        instant(document.get("received_at")) or completed,
+        instant(document.get("soft_deleted_at")),
         hard_deleted_at,
     )
     columns = "subject_id, requested_by, state, received_at, soft_deleted_at, hard_deleted_at"
