@@ -449,10 +449,9 @@ class HourLoader:
             else:
                 target.merge_redshift(cur, table, stage, item.plan.names)
             clock.lap("merge")
-            if table.reconciled:
-                via = stage if item.has_stage else None
-                result.figures[table.name] = target.figures(cur, table, via, bound)
-                clock.lap("reconciliation_figures")
+            via = stage if item.has_stage else None
+            result.figures[table.name] = target.figures(cur, table, via, bound)
+            clock.lap("reconciliation_figures")
             if item.has_stage:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)

@@ -93,7 +93,6 @@ class WarehouseTable:
     derived: tuple[Derived, ...] = ()
     money: tuple[str, ...] = ()
     version: str | None = "updated_at"  # rows change in the hour of their updated_at
-    reconciled: bool = True  # checked per hour (GX suite `warehouse_<name>`)
 
 
 USER_KEY = Derived("user_key", "CHAR(64)", "HMAC-SHA256 of the user id (pseudonymous)")
