@@ -596,9 +596,7 @@ class MonthArchiver:
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
     def _folders(self, shapes: list[TableShape]) -> MonthFolders:
-        return MonthFolders(
-            self.s3, self.bucket, self.policy, self.month, [s.table for s in shapes], self.log
-        )
+        return MonthFolders.of(self.s3, self.policy, self.month, shapes, self.log)
 
     def _part_file_name(self, table: str, part: int) -> str:
         return Path(object_key(self.policy, table, self.month.month, part)).name

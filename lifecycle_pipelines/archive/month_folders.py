@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lifecycle_pipelines.archive import manifest
+from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.expiry import current_keys, delete_strays
 from lifecycle_pipelines.archive.plan import (
+    ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
     keys_folder,
     keys_object_key,
@@ -48,6 +50,15 @@ class MonthFolders:
     month: ArchiveMonth
     tables: list[str]
     log: Any
+
+    @classmethod
+    def of(
+        cls, s3: S3Resource, policy: DataTypePolicy, month: ArchiveMonth, shapes: list[TableShape],
+        log: Any,
+    ) -> MonthFolders:  # fmt: skip
+        """The folders of `month` for the tables of `shapes`, in the archive bucket."""
+        bucket = s3.bucket(ARCHIVE_BUCKET_SUFFIX)
+        return cls(s3, bucket, policy, month, [shape.table for shape in shapes], log)
 
     @property
     def keys_folder(self) -> str:

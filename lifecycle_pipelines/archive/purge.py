@@ -32,7 +32,7 @@ from lifecycle_pipelines.archive import manifest
 from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.manifest import PartitionEntry
 from lifecycle_pipelines.archive.month_folders import MonthFolders
-from lifecycle_pipelines.archive.plan import ARCHIVE_BUCKET_SUFFIX, ArchiveMonth
+from lifecycle_pipelines.archive.plan import ArchiveMonth
 from lifecycle_pipelines.archive.scope import check_shapes
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.migrations import apply_migrations
@@ -340,10 +340,9 @@ def purge_partition(
             ensure_source_schema(conn)
             shapes = check_shapes(conn, data_type, policy)
             # S3 records the round as verified before any of its rows leave the source
-            MonthFolders(
-                s3, s3.bucket(ARCHIVE_BUCKET_SUFFIX), policy, month, [s.table for s in shapes],
-                logger,
-            ).ensure_marker(control_conn, partition.round)  # fmt: skip
+            MonthFolders.of(s3, policy, month, shapes, logger).ensure_marker(
+                control_conn, partition.round
+            )
             current = progress(conn, month)
             if current is None or current.round != partition.round:
                 verified: dict[str, tuple[int, int]] = {}

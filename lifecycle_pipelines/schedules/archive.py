@@ -29,6 +29,15 @@ def archive_job(data_type: str) -> dg.UnresolvedAssetJobDefinition:
     )
 
 
+def month_run(data_type: str, key: str, run_key: str) -> dg.RunRequest:
+    """A run of the archive job for one month (partition `key`), tagged with it."""
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=key,
+        tags={"lifecycle/archive-partition": f"{data_type}:{key}"},
+    )
+
+
 def archive_schedule(
     data_type: str, policy: DataTypePolicy, job: dg.UnresolvedAssetJobDefinition
 ) -> dg.ScheduleDefinition:
@@ -48,11 +57,7 @@ def archive_schedule(
         when = context.scheduled_execution_time
         month = newest_eligible_month(policy, when.date())
         key = month.isoformat()
-        return dg.RunRequest(
-            run_key=f"archive:{data_type}:{key}",
-            partition_key=key,
-            tags={"lifecycle/archive-partition": f"{data_type}:{key}"},
-        )
+        return month_run(data_type, key, f"archive:{data_type}:{key}")
 
     return _schedule
 
@@ -98,13 +103,8 @@ def late_rows_sensor(
                         continue
                     round_ += 1
                 key = month.isoformat()
-                requests.append(
-                    dg.RunRequest(
-                        run_key=f"archive-late:{data_type}:{key}:round-{round_}:{day}",
-                        partition_key=key,
-                        tags={"lifecycle/archive-partition": f"{data_type}:{key}"},
-                    )
-                )
+                run_key = f"archive-late:{data_type}:{key}:round-{round_}:{day}"
+                requests.append(month_run(data_type, key, run_key))
         if not requests:
             return dg.SkipReason(f"no rows left in the {len(purged)} purged months of {data_type}")
         return dg.SensorResult(run_requests=requests)
