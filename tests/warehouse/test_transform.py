@@ -11,6 +11,7 @@ import pyarrow as pa
 from lifecycle_pipelines.archive.stats import pk_hash
 from lifecycle_pipelines.warehouse.model import DIM_USERS, FACT_ORDERS
 from lifecycle_pipelines.warehouse.transform import (
+    DENSE_USER_IDS,
     UserKeys,
     date_keys,
     is_user_dimension,
@@ -41,6 +42,19 @@ def test_user_keys_remember_ids_across_batches_and_accept_chunked_input() -> Non
     assert UserKeys(b"other" * 8)(pa.array([3])).to_pylist() != [_hmac(3)]
 
 
+def test_user_keys_outside_the_dense_range_and_mixed_batches_agree_with_the_hmac() -> None:
+    keys = UserKeys(KEY)
+    huge, negative = DENSE_USER_IDS + 5, -3
+    first = keys(pa.array([5, huge, None, negative], pa.int64()))  # hashed: ids out of range
+    second = keys(pa.array([6, 5, None, 5], pa.int64()))  # positions: 5 was learned above
+    third = keys(pa.array([huge, 6, 7], pa.int64()))
+    assert first.to_pylist() == [_hmac(5), _hmac(huge), None, _hmac(negative)]
+    assert second.to_pylist() == [_hmac(6), _hmac(5), None, _hmac(5)]
+    assert third.to_pylist() == [_hmac(huge), _hmac(6), _hmac(7)]
+    assert len(keys(pa.array([], pa.int64()))) == 0
+    assert UserKeys(KEY)(pa.array([None, None], pa.int64())).to_pylist() == [None, None]
+
+
 def test_without_users_nulls_exactly_the_excluded_ids() -> None:
     ids = pa.array([1, 2, None, 3, 2], pa.int64())
     assert without_users(ids, [2]).to_pylist() == [1, None, None, 3, None]
@@ -55,6 +69,11 @@ def test_date_keys_are_yyyymmdd_of_the_utc_day() -> None:
     keys = date_keys(times)
     assert keys.type == pa.int32()
     assert keys.to_pylist() == [20260131, 20240229, None]
+    # the calendar day where the timestamp's zone is: 23:30 UTC is the next day in Berlin
+    berlin = pa.array(
+        [datetime(2026, 3, 1, 23, 30, tzinfo=UTC)], pa.timestamp("us", "Europe/Berlin")
+    )
+    assert date_keys(pa.chunked_array([berlin])).to_pylist() == [20260302]
 
 
 def test_only_the_user_dimension_is_keyed_by_the_user_key() -> None:
