@@ -78,6 +78,27 @@ def cents_sum_sql(column: sql.Composable) -> sql.Composable:
     return sql.SQL("COALESCE((sum({}) * 100)::bigint, 0)").format(column)
 
 
+def figures_sql(primary_key: sql.Composable, money_columns: list[str]) -> sql.Composable:
+    """The select list of the figures: count, key sum, key checksum, money sums in cents (read
+    back by `stats_of_row`)."""
+    money = [cents_sum_sql(sql.Identifier(m)) for m in money_columns]
+    return sql.SQL("count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money}").format(
+        pk=primary_key,
+        h=pk_hash_sql(primary_key),
+        money=sql.SQL("").join(sql.SQL(", ") + m for m in money),
+    )
+
+
+def stats_of_row(row: tuple[Any, ...] | Any, money_columns: list[str]) -> ReconStats:
+    """The figures from the first columns of a row selected with `figures_sql`."""
+    return ReconStats(
+        rows=int(row[0]),
+        pk_sum=int(row[1]),
+        pk_hash_sum=int(row[2]),
+        money_cents={m: int(row[3 + i]) for i, m in enumerate(money_columns)},
+    )
+
+
 def source_stats(
     conn: psycopg.Connection[Any],
     relation: sql.Composable,
@@ -86,25 +107,12 @@ def source_stats(
     where: sql.Composable,
 ) -> ReconStats:
     """The figures of `SELECT ... FROM relation WHERE where` computed by PostgreSQL."""
-    pk = sql.Identifier(primary_key)
-    money = [cents_sum_sql(sql.Identifier(m)) for m in money_columns]
-    query = sql.SQL(
-        "SELECT count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money} FROM {rel} WHERE {w}"
-    ).format(
-        pk=pk,
-        h=pk_hash_sql(pk),
-        money=sql.SQL("").join(sql.SQL(", ") + m for m in money),
-        rel=relation,
-        w=where,
+    query = sql.SQL("SELECT {} FROM {} WHERE {}").format(
+        figures_sql(sql.Identifier(primary_key), money_columns), relation, where
     )
     row = conn.execute(query).fetchone()
     assert row is not None
-    return ReconStats(
-        rows=int(row[0]),
-        pk_sum=int(row[1]),
-        pk_hash_sum=int(row[2]),
-        money_cents={m: int(v) for m, v in zip(money_columns, row[3:], strict=True)},
-    )
+    return stats_of_row(row, money_columns)
 
 
 @dataclass(frozen=True)

@@ -340,12 +340,15 @@ class HourLoader:
                     self._source.snapshot(),
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-figures") as side,
                 ):
-                    direct = self._direct_tables(cur, plans, hour, end)
+                    known: dict[str, ReconStats] = {}  # source figures the routing read
+                    direct = self._direct_tables(cur, plans, hour, end, known)
                     for plan in plans:
                         item = self._staged(plan, hour, end)
                         item.direct, item.split = direct.get(plan.table.name, (None, False))
                         staged.append(item)
-                        figures = self._figures_beside_stream(side, plan, hour, end)
+                        figures = self._figures_beside_stream(
+                            side, plan, hour, end, known.get(plan.table.name)
+                        )
                         uploads.append(self._stream_into_stage(cur, item, hour, end, folder, pool))
                         item.stats = figures.result()
                 result.phases["extract_and_stage"] = time.perf_counter() - clock
@@ -477,15 +480,21 @@ class HourLoader:
         return staged
 
     def _figures_beside_stream(
-        self, pool: ThreadPoolExecutor, plan: _Plan, hour: datetime, end: datetime
+        self,
+        pool: ThreadPoolExecutor,
+        plan: _Plan,
+        hour: datetime,
+        end: datetime,
+        known: ReconStats | None = None,
     ) -> Future[ReconStats]:
-        """The source figures while the rows stream: on `pool` when psql streams them (the
-        snapshot's own connection is free meanwhile), else first, on that connection."""
+        """The source figures while the rows stream: `known` when the routing already read
+        them (same snapshot), else on `pool` when psql streams the rows (the snapshot's own
+        connection is free meanwhile), else first, on that connection."""
         keys = self._figure_keys
-        if self._source.psql_streams:
+        if known is None and self._source.psql_streams:
             return pool.submit(self._source.figures, plan.table, hour, end, keys)
         done: Future[ReconStats] = Future()
-        done.set_result(self._source.figures(plan.table, hour, end, keys))
+        done.set_result(known or self._source.figures(plan.table, hour, end, keys))
         return done
 
     def _shape(self, plan: _Plan) -> TableShape:
@@ -622,7 +631,12 @@ class HourLoader:
         return self.s3.uri(self.bucket, key)
 
     def _direct_tables(
-        self, cur: Any, plans: list[_Plan], hour: datetime, end: datetime
+        self,
+        cur: Any,
+        plans: list[_Plan],
+        hour: datetime,
+        end: datetime,
+        figures: dict[str, ReconStats],
     ) -> dict[str, tuple[Bound, bool]]:
         """The tables whose new rows go straight into the target as they stream, with their
         bound (the target's greatest key) and whether the rest is split off to a stage.
@@ -634,7 +648,10 @@ class HourLoader:
         and MERGEd from a stage after the stream ("split"); otherwise the table is staged. This
         needs the targets' locks before the stream, so they are taken here (one statement, the
         same fixed order as `_merge_all`) when some table qualifies, and the bound is read
-        again under them. Tables whose key is derived (the user key) are always staged."""
+        again under them. Tables whose key is derived (the user key) are always staged.
+
+        Counting the hour's rows above a bound is a pass over them in the snapshot; the same
+        pass computes the table's source figures, which are left in `figures`."""
         routes: dict[tuple[str, Any], bool | None] = {}  # one source query per table and bound
         candidates: set[str] = set()
         for plan in plans:
@@ -642,7 +659,9 @@ class HourLoader:
             if table.key not in table.taken:
                 continue
             bound = self._target.greatest_key(cur, table)
-            if bound.target_was_empty or self._route(plan, hour, end, bound, routes) is not None:
+            if bound.target_was_empty or (
+                self._route(plan, hour, end, bound, routes, figures) is not None
+            ):
                 candidates.add(table.name)
         if not candidates:
             return {}
@@ -653,7 +672,11 @@ class HourLoader:
             if plan.table.name not in candidates:
                 continue
             bound = self._target.greatest_key(cur, plan.table)
-            split = False if bound.target_was_empty else self._route(plan, hour, end, bound, routes)
+            split = (
+                False
+                if bound.target_was_empty
+                else self._route(plan, hour, end, bound, routes, figures)
+            )
             if split is not None:
                 direct[plan.table.name] = (bound, split)
         return direct
@@ -665,11 +688,15 @@ class HourLoader:
         end: datetime,
         bound: Bound,
         routes: dict[tuple[str, Any], bool | None],
+        figures: dict[str, ReconStats],
     ) -> bool | None:
         """For a non-empty target: False when every row of the hour is above `bound`, True when
-        at least half are (split), None when fewer are (staged). Remembered in `routes`."""
+        at least half are (split), None when fewer are (staged). Remembered in `routes`; the
+        table's source figures, read in the same pass, go to `figures`."""
         memo = (plan.table.name, bound.key)
         if memo not in routes:
-            above, rows = self._source.key_profile(plan.table, hour, end, bound.key)
+            stats, above = self._source.figures_and_profile(plan.table, hour, end, bound.key)
+            figures[plan.table.name] = stats
+            rows = stats.rows
             routes[memo] = False if above == rows else (True if 2 * above >= rows else None)
         return routes[memo]

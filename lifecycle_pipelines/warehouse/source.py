@@ -26,8 +26,7 @@ from lifecycle_pipelines.archive.extract import (
     select_month,
     stream_batches,
 )
-from lifecycle_pipelines.archive.stats import ReconStats, source_stats
-from lifecycle_pipelines.warehouse import sql as warehouse_sql
+from lifecycle_pipelines.archive.stats import ReconStats, figures_sql, source_stats, stats_of_row
 from lifecycle_pipelines.warehouse.model import WarehouseTable
 from lifecycle_pipelines.warehouse.transform import UserKeys, is_user_dimension, user_key_figures
 
@@ -168,10 +167,16 @@ class HourSource:
         )
         return int(cur.rowcount)
 
-    def key_profile(
+    def figures_and_profile(
         self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
-    ) -> tuple[int, int]:
-        """(rows with a key above `bound`, rows) among the table's rows of the hour."""
-        query = warehouse_sql.key_profile(relation(table), table.key, hour_filter(hour, end))
+    ) -> tuple[ReconStats, int]:
+        """The source's figures of the hour (as `figures`, for a table keyed by its own key) and
+        how many of its rows have a key above `bound`, in one pass over the hour's rows."""
+        key = sql.Identifier("t", table.key)
+        money = list(table.money)
+        query = sql.SQL("SELECT {}, count(*) FILTER (WHERE {} > %s) FROM {} WHERE {}").format(
+            figures_sql(key, money), key, relation(table), hour_filter(hour, end)
+        )
         row = self.shop.execute(query, (bound,)).fetchone()
-        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+        assert row is not None
+        return stats_of_row(row, money), int(row[-1])

@@ -166,14 +166,6 @@ def copy_binary(table: tuple[str, ...], columns: list[str]) -> str:
     return f"COPY {ident(*table)} ({names}) FROM STDIN (FORMAT binary)"
 
 
-def key_profile(relation: sql.Composable, key: str, where: sql.Composable) -> sql.Composable:
-    """How many source rows of the hour have a key above the bound parameter, and how many
-    there are, in one pass over the hour's rows (read through the time index)."""
-    return sql.SQL(
-        "SELECT count(*) FILTER (WHERE {key} > %s), count(*) FROM {rel} WHERE {w}"
-    ).format(key=sql.Identifier("t", key), rel=relation, w=where)
-
-
 def key_figure(table: WarehouseTable, engine: Engine) -> str:
     """The integer the figures take of row `t`'s key: the key itself, or for the user key (the
     64 hex digits of an HMAC) the sum of the eight 32-bit numbers its groups of 8 hex digits
