@@ -124,22 +124,9 @@ def _text(column: pa.Array) -> Fields:
         column = pc.cast(column, pa.string())
     data = pc.cast(column, pa.binary())
     lengths = pc.binary_length(data).fill_null(0).to_numpy().astype(">i4")
-    if column.null_count == 0 and len(lengths) and lengths.min() == lengths.max():
-        # every value has the same length (CHAR codes, hex keys): one matrix, no join
-        return _with_length(_same_width_values(data, int(lengths[0])))
     prefix = _pieces(lengths.view(np.uint8).reshape(len(lengths), 4))
     pieces = pc.binary_join_element_wise(prefix, data, b"")
     return _nulls_as_minus_one(column, pieces.fill_null(NULL_FIELD))
-
-
-def _same_width_values(data: pa.Array, width: int) -> np.ndarray:
-    """The values of a binary array whose values all have `width` bytes, as an (n,) array of
-    width-byte items (`_with_length` takes it like a fixed-width number)."""
-    n = len(data)
-    offsets = np.frombuffer(data.buffers()[1], dtype=np.int32)[data.offset : data.offset + n + 1]
-    start = int(offsets[0])
-    raw = np.frombuffer(data.buffers()[2], dtype=np.uint8)[start : start + n * width]
-    return raw.view(f"V{width}") if width else np.zeros(n, dtype="V0")
 
 
 def _numeric(precision: int, scale: int) -> Encoder:
@@ -223,11 +210,10 @@ def encoder_for(column: str, warehouse_type: str) -> Encoder:
     )
 
 
-def _copy_rank(warehouse_type: str) -> int:
+def is_fixed_width(warehouse_type: str) -> bool:
+    """Whether a non-NULL value of the type always takes the same number of bytes."""
     kind = " ".join(warehouse_type.upper().split())
-    if not _TEXT.match(kind):
-        return 0
-    return 1 if kind.startswith(("CHAR(", "CHARACTER(")) else 2
+    return not _TEXT.match(kind)
 
 
 class BinaryCopyEncoder:
@@ -245,11 +231,8 @@ class BinaryCopyEncoder:
 
     @staticmethod
     def copy_order(columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """`columns` with the fixed-width types first, then CHAR(n) (whose values usually
-        share one length), then the other texts (otherwise in their order): a batch without
-        NULLs is then assembled from one wide matrix and as few variable-width pieces as
-        possible."""
-        return sorted(columns, key=lambda column: _copy_rank(column[1]))
+        """`columns` with the fixed-width types first (otherwise in their order)."""
+        return sorted(columns, key=lambda column: not is_fixed_width(column[1]))
 
     def encode(self, batch: pa.RecordBatch | pa.Table) -> memoryview:
         """The tuples of `batch` (its columns picked by name), ready to write to the COPY."""

@@ -24,25 +24,18 @@ _HEX_VALUES[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 
 
-DENSE_USER_IDS = 1 << 24  # ids in [0, this) are found through a table of positions (<= 64 MiB)
-
-
 class UserKeys:
     """HMAC-SHA256 (hex) of user ids under one key, computed once per distinct id.
 
-    The keyed state is prepared once and copied for each new id. The ids seen so far and their
-    keys are kept as aligned Arrow arrays; while a batch's ids are all in [0, DENSE_USER_IDS)
-    (shop ids are), a table of positions indexed by the id maps the batch in one vectorised
-    lookup, else `index_in` hashes it. Only ids never seen before reach Python. NULL stays NULL.
+    The keyed state is prepared once and copied for each new id; the ids seen so far and their
+    keys are kept as aligned Arrow arrays, so a batch is mapped with `index_in` and `take` and
+    only ids never seen before reach Python. NULL stays NULL.
     """
 
     def __init__(self, key: bytes) -> None:
         self._base = hmac.new(key, digestmod=hashlib.sha256)
         self._ids: pa.Array = pa.array([], pa.int64())
         self._keys: pa.Array = pa.array([], pa.string())
-        self._slots = np.full(
-            1, -1, np.int32
-        )  # position in _keys of id i, -1 unknown (NULL reads 0)
 
     def _new_keys(self, ids: list[int]) -> pa.Array:
         keys = []
@@ -52,47 +45,15 @@ class UserKeys:
             keys.append(mac.hexdigest())
         return pa.array(keys, pa.string())
 
-    def _remember(self, new: pa.Array) -> None:
-        """Compute and keep the keys of ids never seen before (distinct, no NULL)."""
-        start = len(self._ids)
-        self._ids = pa.concat_arrays([self._ids, new])
-        self._keys = pa.concat_arrays([self._keys, self._new_keys(new.to_pylist())])
-        values = new.to_numpy()
-        dense = (values >= 0) & (values < DENSE_USER_IDS)
-        if not dense.any():
-            return
-        highest = int(values[dense].max())
-        if highest >= len(self._slots):
-            size = min(DENSE_USER_IDS, max(highest + 1, len(self._slots) * 5 // 4))
-            grown = np.full(size, -1, np.int32)
-            grown[: len(self._slots)] = self._slots
-            self._slots = grown
-        positions = np.arange(start, start + len(values), dtype=np.int32)
-        self._slots[values[dense]] = positions[dense]
-
-    def _positions(self, ids: pa.Array) -> pa.Array:
-        """Each id's position in `_keys` (NULL for NULL), remembering new ids first."""
-        values = ids.fill_null(0).to_numpy()
-        if len(values) and values.min() >= 0 and values.max() < DENSE_USER_IDS:
-            known = np.zeros(len(values), dtype=bool)
-            inside = values < len(self._slots)
-            known[inside] = self._slots[values[inside]] >= 0
-            if ids.null_count:
-                known |= ~pc.is_valid(ids).to_numpy(zero_copy_only=False)
-            if not known.all():
-                self._remember(pa.array(np.unique(values[~known])))
-            nulls = pc.is_null(ids).to_numpy(zero_copy_only=False) if ids.null_count else None
-            return pa.array(self._slots[values], pa.int32(), mask=nulls)
+    def __call__(self, user_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+        ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+        ids = pc.cast(ids, pa.int64())
         distinct = pc.drop_null(pc.unique(ids))
         new = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=self._ids)))
         if len(new):
-            self._remember(new)
-        return pc.index_in(ids, value_set=self._ids)
-
-    def __call__(self, user_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-        ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
-        positions = self._positions(pc.cast(ids, pa.int64()))  # may add keys: first
-        return pc.take(self._keys, positions)
+            self._ids = pa.concat_arrays([self._ids, new])
+            self._keys = pa.concat_arrays([self._keys, self._new_keys(new.to_pylist())])
+        return pc.take(self._keys, pc.index_in(ids, value_set=self._ids))
 
 
 def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:

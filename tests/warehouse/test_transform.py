@@ -11,7 +11,6 @@ import pyarrow as pa
 from lifecycle_pipelines.archive.stats import pk_hash
 from lifecycle_pipelines.warehouse.model import DIM_USERS, FACT_ORDERS
 from lifecycle_pipelines.warehouse.transform import (
-    DENSE_USER_IDS,
     UserKeys,
     date_keys,
     is_user_dimension,
@@ -40,19 +39,6 @@ def test_user_keys_remember_ids_across_batches_and_accept_chunked_input() -> Non
     assert first.to_pylist() == [_hmac(3), _hmac(4), _hmac(5)]
     assert second.to_pylist() == [_hmac(5), _hmac(6), _hmac(3)]
     assert UserKeys(b"other" * 8)(pa.array([3])).to_pylist() != [_hmac(3)]
-
-
-def test_user_keys_outside_the_dense_range_and_mixed_batches_agree_with_the_hmac() -> None:
-    keys = UserKeys(KEY)
-    huge, negative = DENSE_USER_IDS + 5, -3
-    first = keys(pa.array([5, huge, None, negative], pa.int64()))  # hashed: ids out of range
-    second = keys(pa.array([6, 5, None, 5], pa.int64()))  # positions: 5 was learned above
-    third = keys(pa.array([huge, 6, 7], pa.int64()))
-    assert first.to_pylist() == [_hmac(5), _hmac(huge), None, _hmac(negative)]
-    assert second.to_pylist() == [_hmac(6), _hmac(5), None, _hmac(5)]
-    assert third.to_pylist() == [_hmac(huge), _hmac(6), _hmac(7)]
-    assert len(keys(pa.array([], pa.int64()))) == 0
-    assert UserKeys(KEY)(pa.array([None, None], pa.int64())).to_pylist() == [None, None]
 
 
 def test_without_users_nulls_exactly_the_excluded_ids() -> None:
