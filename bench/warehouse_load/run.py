@@ -16,12 +16,15 @@ that, then the table is vacuumed), then, each in its own process and into an emp
 - wr:         pandas.read_sql of the same rows, then awswrangler.postgresql.to_sql (pg8000).
 
     .venv/bin/python bench/warehouse_load/run.py [--orders N] [--state-dir DIR] [--tools ...]
+        [--rounds N]
 
 Prints seconds, rows/s, peak RSS and CPU seconds (the tool's process with its children, the
 whole PostgreSQL cluster, the moto server) per tool, our load's phases, then the ratios. The
-machine has 2 cores: CPU seconds show where the time goes when the wall clock is shared. --state-dir reuses a
-seeded stack between invocations (it is seeded when empty); without it a throw-away stack is
-used.
+machine has 2 cores: CPU seconds show where the time goes when the wall clock is shared. Every
+tool's timed part starts after a CHECKPOINT (untimed). A virtual machine's speed drifts from
+minute to minute: `--rounds N` runs the tools N times round-robin, takes each ratio within its
+round and prints the medians. --state-dir reuses a seeded stack between invocations (it is
+seeded when empty); without it a throw-away stack is used.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import argparse
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +106,20 @@ class CpuClock:
         return {n: round(b - a, 2) for n, a, b in zip(names, self.start, now, strict=True)}
 
 
+def scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the query's one row."""
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def settle(stack: LocalStack) -> None:
+    """Untimed, right before a tool's timed part: a CHECKPOINT, so that no tool pays for
+    writing out the dirty buffers of the one before it."""
+    with psycopg.connect(stack.postgres.start().conninfo(), autocommit=True) as admin:
+        admin.execute("CHECKPOINT")
+
+
 def reset_warehouse(stack: LocalStack) -> None:
     with psycopg.connect(stack.app_conninfo("warehouse"), autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
@@ -123,13 +141,15 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
                     buffer.write(chunk)
         with psycopg.connect(stack.app_conninfo("warehouse")) as wh:
             with psycopg.connect(stack.app_conninfo()) as shop:
-                ddl = shop.execute(
+                ddl = scalar(
+                    shop,
                     "SELECT string_agg(quote_ident(attname) || ' ' || format_type(atttypid,"
                     " atttypmod), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid ="
-                    " 'orders'::regclass AND attnum > 0 AND NOT attisdropped"
-                ).fetchone()[0]
+                    " 'orders'::regclass AND attnum > 0 AND NOT attisdropped",
+                )
             wh.execute(f"CREATE TABLE bench.raw_orders ({ddl})")
             wh.commit()
+            settle(stack)
             clock = CpuClock(state_dir)
             started = time.perf_counter()
             with wh.cursor().copy("COPY bench.raw_orders FROM STDIN (FORMAT csv)") as copy:
@@ -137,7 +157,7 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
             wh.commit()
             seconds = time.perf_counter() - started
             extra["cpu"] = clock.spent()
-            rows = wh.execute("SELECT count(*) FROM bench.raw_orders").fetchone()[0]
+            rows = scalar(wh, "SELECT count(*) FROM bench.raw_orders")
     elif tool in ("ours", "ours-mixed", "ours-rerun"):
         import dagster as dg
 
@@ -163,6 +183,7 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
                 loader.run(HOUR)
             if tool == "ours-mixed":
                 keep_older_versions_of_lowest_keys(wh)
+            settle(stack)
             clock = CpuClock(state_dir)
             started = time.perf_counter()
             load = loader.run(HOUR)
@@ -180,6 +201,7 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
 
         parts = dict(item.split("=", 1) for item in stack.app_conninfo("warehouse").split())
         with psycopg.connect(stack.app_conninfo()) as shop:
+            settle(stack)
             clock = CpuClock(state_dir)
             started = time.perf_counter()
             frame = pd.read_sql(query, shop)
@@ -200,10 +222,11 @@ def measure(tool: str, state_dir: Path) -> dict[str, Any]:
 def keep_older_versions_of_lowest_keys(wh: psycopg.Connection[Any]) -> None:
     """Leave in fact_orders only the hour's lowest MIXED_EXISTING keys, each an older version
     with another status (so the next load updates every one of them), vacuumed and analysed."""
-    cut = wh.execute(
+    cut = scalar(
+        wh,
         "SELECT percentile_disc(%s) WITHIN GROUP (ORDER BY order_id) FROM analytics.fact_orders",
         (MIXED_EXISTING,),
-    ).fetchone()[0]
+    )
     wh.execute("DELETE FROM analytics.fact_orders WHERE order_id > %s", (cut,))
     wh.execute(
         "UPDATE analytics.fact_orders SET status = 'pending', updated_at = updated_at - interval '1 day'"
@@ -232,11 +255,51 @@ def start_seeded(stack: LocalStack, orders: int) -> None:
     marker.write_text(json.dumps({"orders": orders}))
 
 
+def run_round(tools: list[str], state_dir: Path) -> dict[str, float]:
+    """Each tool once, each in its own process; prints their figures and returns the ratios
+    of this round."""
+    results = {}
+    for tool in tools:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", tool, str(state_dir)],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode != 0:
+            print(f"{tool:10} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results[tool] = r
+        cpu = " ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
+        print(f"{tool:10} {int(r['rows']):>10,} rows {r['seconds']:8.2f} s "
+              f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['rss']:.0f} MiB"
+              f"  CPU s: {cpu or '-'}")  # fmt: skip
+        if "phases" in r:
+            print(f"{'':10} phases: {r['phases']}")
+            print(f"{'':10} peak RSS {r['rss_load']:.0f} MiB; GX reconciliation "
+                  f"before commit: {r['check_seconds']:.2f} s (included), "
+                  f"passed={r['check_passed']}")  # fmt: skip
+    rate = {k: v["rows"] / v["seconds"] for k, v in results.items()}
+    ratios = {}
+    for tool in ("ours", "ours-mixed", "ours-rerun"):
+        if tool in rate and "raw" in rate:
+            ratios[f"{tool}/raw COPY"] = rate[tool] / rate["raw"]
+    if "ours" in rate and "wr" in rate:
+        ratios["ours/awswrangler"] = rate["ours"] / rate["wr"]
+    for name, ratio in ratios.items():
+        target = " (target 0.5x)" if name.endswith("raw COPY") else ""
+        print(f"{name} = {ratio:.2f}x{target}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--orders", type=int, default=1_000_000)
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run the tools this many times, round-robin; ratios are taken within each round",
+    )  # fmt: skip
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
     if args.child:
@@ -251,32 +314,16 @@ def main() -> None:
     stack = LocalStack(state_dir)
     try:
         start_seeded(stack, args.orders)
-        results = {}
-        for tool in tools:
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", tool, str(stack.state_dir)],
-                check=False, capture_output=True, text=True,
-            )  # fmt: skip
-            if out.returncode != 0:
-                print(f"{tool:10} failed: {out.stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            results[tool] = r
-            cpu = " ".join(f"{k} {v:.2f}" for k, v in r.get("cpu", {}).items())
-            print(f"{tool:10} {int(r['rows']):>10,} rows {r['seconds']:8.2f} s "
-                  f"{r['rows'] / r['seconds']:>10,.0f} rows/s  peak RSS {r['rss']:.0f} MiB"
-                  f"  CPU s: {cpu or '-'}")  # fmt: skip
-            if "phases" in r:
-                print(f"{'':10} phases: {r['phases']}")
-                print(f"{'':10} peak RSS {r['rss_load']:.0f} MiB; GX reconciliation "
-                      f"before commit: {r['check_seconds']:.2f} s (included), "
-                      f"passed={r['check_passed']}")  # fmt: skip
-        rate = {k: v["rows"] / v["seconds"] for k, v in results.items()}
-        for tool in ("ours", "ours-mixed", "ours-rerun"):
-            if tool in rate and "raw" in rate:
-                print(f"{tool}/raw COPY = {rate[tool] / rate['raw']:.2f}x (target 0.5x)")
-        if "ours" in rate and "wr" in rate:
-            print(f"ours/awswrangler = {rate['ours'] / rate['wr']:.2f}x")
+        ratios: dict[str, list[float]] = {}
+        for round_number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"round {round_number}")
+            for name, ratio in run_round(tools, stack.state_dir).items():
+                ratios.setdefault(name, []).append(ratio)
+        if args.rounds > 1:
+            for name, values in ratios.items():
+                listed = ", ".join(f"{v:.2f}" for v in values)
+                print(f"{name}: median {statistics.median(values):.2f}x ({listed})")
     finally:
         stack.down()
         if not keep:
