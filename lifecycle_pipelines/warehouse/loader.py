@@ -14,18 +14,15 @@
 4. One warehouse transaction loads every table, then MERGEs under the tables' locks (taken in
    one statement, one fixed order):
    - PostgreSQL: the batches already in memory are sent as they stream through
-     `COPY FROM STDIN (FORMAT binary)` (the staged Parquet is not read back). Rows whose key is
-     above the target's greatest key cannot be in the target; the locks are taken before the
-     stream and the bound read under them when that holds for
-     - every row of the hour (a first load, a backfill into an empty range): the rows go
-       straight into the target, no stage, no MERGE ("direct");
-     - at least half of them (new orders with changes to older ones): those rows go straight
-       into the target, the others are spooled to a local file, COPYed into a temporary stage
-       after the stream and MERGEd ("split");
-     otherwise every row goes into a temporary stage shaped like the target and, under the
-     locks, the rows at or below the target's greatest key are MERGEd and those above it
-     INSERTed without a join ("staged"). The MERGE updates a row only when the staged version
-     is not older and something changed, so re-running an hour writes nothing;
+     `COPY FROM STDIN (FORMAT binary)` (`warehouse/stream.py`; the staged Parquet is not read
+     back). Rows whose key is above the target's greatest key cannot be in the target: they go
+     straight into it when all of the hour's rows ("direct") or at least half of them ("split",
+     the others MERGEd from a stage) are such rows (`warehouse/routing.py`, which takes the
+     locks before the stream then); otherwise every row goes into a temporary stage shaped
+     like the target and, under the locks, the rows at or below the target's greatest key are
+     MERGEd and those above it INSERTed without a join ("staged"). The MERGE updates a row only
+     when the staged version is not older and something changed, so re-running an hour writes
+     nothing;
    - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET` into a stage, staged
      rows older than the warehouse's dropped, then MERGE.
    The warehouse then computes its reconciliation figures of the hour's keys in the same
@@ -47,36 +44,39 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg.copy import QueuedLibpqWriter
 
-from lifecycle_pipelines.archive.columns import SourceColumn, TableShape, read_columns
+from lifecycle_pipelines.archive.columns import read_columns
 from lifecycle_pipelines.archive.purge import ensure_source_schema
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.checks.gx import CheckOutcome
 from lifecycle_pipelines.resources.s3 import S3Resource
 from lifecycle_pipelines.search_sync.documents import commit_safe_high_water
 from lifecycle_pipelines.warehouse import sql
-from lifecycle_pipelines.warehouse.binary_copy import HEADER, TRAILER, BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.model import (
     TABLES,
     USER_KEY,
     Engine,
-    WarehouseTable,
     check_source,
     columns_of,
 )
+from lifecycle_pipelines.warehouse.outcome import (
+    HourLoad,
+    HourNotClosed,
+    ReconciliationFailed,
+    TableLoad,
+)
+from lifecycle_pipelines.warehouse.plan import TableHour, TablePlan
+from lifecycle_pipelines.warehouse.routing import Routing, lock_order
 from lifecycle_pipelines.warehouse.source import HourSource
 from lifecycle_pipelines.warehouse.staging import (
     STAGING_BUCKET_SUFFIX,
@@ -84,6 +84,7 @@ from lifecycle_pipelines.warehouse.staging import (
     closing,
     stage_object_key,
 )
+from lifecycle_pipelines.warehouse.stream import stream_table_hour
 from lifecycle_pipelines.warehouse.target import Bound, WarehouseTarget
 from lifecycle_pipelines.warehouse.transform import (
     UserKeys,
@@ -93,54 +94,7 @@ from lifecycle_pipelines.warehouse.transform import (
 )
 
 log = logging.getLogger(__name__)
-PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
-PARQUET_QUEUE_BATCHES = 4  # batches waiting for the background Parquet writer
-SPOOL_CHUNK_BYTES = 1 << 20  # a split load's spooled rows go to the stage in chunks of this
-DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
 DELETIONS_KEPT = timedelta(days=90)  # tombstones of source deletes outlive their hour's load
-
-
-class HourNotClosed(RuntimeError):
-    """A transaction that may still write rows of this hour is open; nothing was loaded."""
-
-
-class ReconciliationFailed(RuntimeError):
-    """The warehouse's figures of the hour disagree with the source's; the load was rolled
-    back. `outcome` names the figures that disagree."""
-
-    def __init__(self, hour: datetime, outcome: CheckOutcome) -> None:
-        self.outcome = outcome
-        figures = "; ".join(outcome.failures) or "no detail"
-        super().__init__(
-            f"hour {hour:%Y-%m-%d %H}:00: the warehouse's figures disagree with the source's "
-            f"({figures}); the load was rolled back, nothing changed"
-        )
-
-
-@dataclass
-class TableLoad:
-    """What one table received."""
-
-    table: WarehouseTable
-    rows: int
-    uri: str
-    source: ReconStats
-    new_columns: list[str] = field(default_factory=list)
-    excluded: int = 0  # rows of soft-deleted users: not loaded (dim_users) or without user key
-    path: str = "staged"  # "direct": COPYed into the target (every key new); "split": new keys
-    # COPYed into the target, the others staged and MERGEd; "staged": staged, INSERTed or MERGEd
-
-
-@dataclass
-class HourLoad:
-    """What one hourly run did."""
-
-    hour: datetime
-    tables: list[TableLoad] = field(default_factory=list)
-    figures: dict[str, ReconStats] = field(default_factory=dict)  # the warehouse's, per table
-    reconciliation: CheckOutcome | None = None  # checked before commit, when a check was given
-    seconds: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for profiling
 
 
 class _Clock:
@@ -154,55 +108,6 @@ class _Clock:
         now = time.perf_counter()
         self.phases[name] = self.phases.get(name, 0.0) + now - self.last
         self.last = now
-
-
-@dataclass
-class _Plan:
-    """One table to load: its model, source columns, warehouse columns, tolerated new columns."""
-
-    table: WarehouseTable
-    source: list[SourceColumn]
-    columns: list[tuple[str, str]]
-    new: list[str]
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.columns]
-
-
-@dataclass
-class _Staged:
-    """One table's hour: what was extracted and where it was staged."""
-
-    plan: _Plan
-    stage: str
-    deleted: pa.Array | None  # soft-deleted users among the rows (tables with a user key)
-    stats: ReconStats | None = None  # the source's figures, computed beside the extraction
-    direct: Bound | None = None  # rows with a key above it are COPYed straight into the target
-    split: bool = False  # with `direct`: the rows at or below the bound go through a stage
-    rows: int = 0
-    excluded: int = 0
-    uri: str = ""
-    purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
-    removed: list[Any] = field(default_factory=list)  # keys of rows deleted in the source
-    dates: set[int] = field(default_factory=set)
-
-    @property
-    def has_stage(self) -> bool:
-        """Whether rows went through the temporary stage (staged and split loads)."""
-        return self.direct is None or self.split
-
-    @property
-    def path(self) -> str:
-        if self.direct is None:
-            return "staged"
-        return "split" if self.split else "direct"
-
-    @property
-    def source(self) -> ReconStats:
-        if self.stats is None:
-            raise RuntimeError(f"{self.plan.table.name}: the source figures were not computed")
-        return self.stats
 
 
 class HourLoader:
@@ -300,7 +205,7 @@ class HourLoader:
             new = check_source(
                 table, source, "ignore" if self.on_new_column == "ignore" else "fail"
             )
-            plans.append(_Plan(table, source, columns_of(table, source, self.engine), new))
+            plans.append(TablePlan(table, source, columns_of(table, source, self.engine), new))
             if new:
                 self.log.warning(f"{table.source_table}: new column(s) {new} not loaded (policy)")
         result = HourLoad(hour)
@@ -321,12 +226,12 @@ class HourLoader:
         return result
 
     def _load_postgres(
-        self, plans: list[_Plan], hour: datetime, end: datetime, folder: Path, result: HourLoad
-    ) -> list[_Staged]:
+        self, plans: list[TablePlan], hour: datetime, end: datetime, folder: Path, result: HourLoad
+    ) -> list[TableHour]:
         """Stream every table into its stage (and its Parquet object) in the load transaction,
         then lock, MERGE and commit. Uploads run beside the next tables and the merge."""
         conn = self.warehouse
-        staged: list[_Staged] = []
+        staged: list[TableHour] = []
         uploads: list[Future[str]] = []
         clock = time.perf_counter()
         try:
@@ -340,16 +245,29 @@ class HourLoader:
                     self._source.snapshot(),
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-figures") as side,
                 ):
-                    known: dict[str, ReconStats] = {}  # source figures the routing read
-                    direct = self._direct_tables(cur, plans, hour, end, known)
+                    routing = Routing(self._source, self._target, hour, end)
+                    direct = routing.direct_tables(cur, plans)
                     for plan in plans:
                         item = self._staged(plan, hour, end)
                         item.direct, item.split = direct.get(plan.table.name, (None, False))
                         staged.append(item)
                         figures = self._figures_beside_stream(
-                            side, plan, hour, end, known.get(plan.table.name)
+                            side, plan, hour, end, routing.figures.get(plan.table.name)
                         )
-                        uploads.append(self._stream_into_stage(cur, item, hour, end, folder, pool))
+                        key = stage_object_key(self.object_prefix, plan.table.name, hour)
+                        upload_to = partial(self._upload, key=key)
+                        batches = self._batches(item, hour, end)
+                        uploads.append(
+                            stream_table_hour(
+                                cur,
+                                item,
+                                batches,
+                                schema=self.schema,
+                                folder=folder,
+                                pool=pool,
+                                upload=upload_to,
+                            )
+                        )
                         item.stats = figures.result()
                 result.phases["extract_and_stage"] = time.perf_counter() - clock
                 clock = time.perf_counter()
@@ -367,18 +285,18 @@ class HourLoader:
         return staged
 
     def _load_redshift(
-        self, plans: list[_Plan], hour: datetime, end: datetime, folder: Path, result: HourLoad
-    ) -> list[_Staged]:
+        self, plans: list[TablePlan], hour: datetime, end: datetime, folder: Path, result: HourLoad
+    ) -> list[TableHour]:
         """Extract every table to its Parquet object first (Redshift COPYs from S3), then one
         transaction: lock, COPY into the stages, drop stale rows, MERGE, commit."""
-        staged: list[_Staged] = []
+        staged: list[TableHour] = []
         clock = time.perf_counter()
         with self._source.snapshot():
             for plan in plans:
                 item = self._staged(plan, hour, end)
                 item.stats = self._source.figures(plan.table, hour, end, self._figure_keys)
                 staged.append(item)
-                parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
+                parquet = ParquetStage(folder / f"{plan.table.name}.parquet", plan.batch_schema())
                 with closing(self._batches(item, hour, end)) as batches:
                     for batch in batches:
                         parquet.write(batch)
@@ -404,7 +322,7 @@ class HourLoader:
         result.phases["lock_copy_merge_reconcile"] = time.perf_counter() - clock
         return staged
 
-    def _check_before_commit(self, staged: list[_Staged], result: HourLoad) -> None:
+    def _check_before_commit(self, staged: list[TableHour], result: HourLoad) -> None:
         """Record what every table received, then run the reconciliation (if any) while the
         load's transaction is still open; a failed check raises and the caller rolls back."""
         result.tables = [
@@ -427,11 +345,11 @@ class HourLoader:
         if not result.reconciliation.success:
             raise ReconciliationFailed(result.hour, result.reconciliation)
 
-    def _locked(self, staged: list[_Staged]) -> list[str]:
-        return [item.plan.table.name for item in staged] + ["dim_date"]
+    def _locked(self, staged: list[TableHour]) -> list[str]:
+        return lock_order([item.plan for item in staged])
 
     def _merge_all(
-        self, cur: Any, staged: list[_Staged], result: HourLoad, *, locked: bool = False
+        self, cur: Any, staged: list[TableHour], result: HourLoad, *, locked: bool = False
     ) -> None:
         """Lock the targets (one statement, fixed order: no deadlock between loads), MERGE every
         stage, read the warehouse's reconciliation figures, delete soft-deleted users, add the dates."""
@@ -463,14 +381,14 @@ class HourLoader:
         target.merge_dates(cur, sorted(dates))
         clock.lap("drop_purge_dates")
 
-    def _staged(self, plan: _Plan, hour: datetime, end: datetime) -> _Staged:
+    def _staged(self, plan: TablePlan, hour: datetime, end: datetime) -> TableHour:
         """A table's hour before its rows are read; the soft-deleted users among them are
         looked up first (on the snapshot's connection)."""
         table = plan.table
         deleted = None
         if USER_KEY in table.derived and not is_user_dimension(table):
             deleted = self._source.deleted_users(table, hour, end)
-        staged = _Staged(plan, stage=f"stage_{table.name}", deleted=deleted)
+        staged = TableHour(plan, stage=f"stage_{table.name}", deleted=deleted)
         gone = self._source.deleted_keys(table, hour, end)
         if is_user_dimension(table):
             keys = self._user_keys(pa.array(gone, pa.int64())).to_pylist()
@@ -482,7 +400,7 @@ class HourLoader:
     def _figures_beside_stream(
         self,
         pool: ThreadPoolExecutor,
-        plan: _Plan,
+        plan: TablePlan,
         hour: datetime,
         end: datetime,
         known: ReconStats | None = None,
@@ -497,38 +415,18 @@ class HourLoader:
         done.set_result(known or self._source.figures(plan.table, hour, end, keys))
         return done
 
-    def _shape(self, plan: _Plan) -> TableShape:
-        table = plan.table
-        wanted = list(table.taken)
-        if USER_KEY in table.derived:
-            wanted.append("user_id")
-        by_name = {c.name: c for c in plan.source}
-        return TableShape(
-            schema="public", table=table.source_table, columns=tuple(by_name[n] for n in wanted),
-            primary_key=table.key if table.key in wanted else "user_id", time_column=None,
-            version_column=None, subject_column=None, personal_columns=(),
-            money_columns=table.money,
-        )  # fmt: skip
-
-    def _schema(self, plan: _Plan) -> pa.Schema:
-        """The Arrow schema of the loaded batches (and of the staged Parquet)."""
-        types = {c.name: c.arrow_type for c in plan.source}
-        types[USER_KEY.name] = pa.string()
-        types["date_key"] = pa.int32()
-        return pa.schema([pa.field(name, types[name]) for name in plan.names])
-
-    def _batches(self, item: _Staged, hour: datetime, end: datetime) -> Iterator[pa.RecordBatch]:
+    def _batches(self, item: TableHour, hour: datetime, end: datetime) -> Iterator[pa.RecordBatch]:
         """The hour's rows of one table as the warehouse takes them, batch by batch; counts,
         soft-deleted users' keys and dates are noted on `item`."""
         plan, table = item.plan, item.plan.table
-        shape = self._shape(plan)
-        schema = self._schema(plan)
+        shape = plan.source_shape()
+        schema = plan.batch_schema()
         with closing(self._source.rows(shape, table, hour, end)) as stream:
             yield from self._transformed(item, stream, schema)
 
     def _transformed(
         self,
-        item: _Staged,
+        item: TableHour,
         stream: Iterator[pa.RecordBatch],
         schema: pa.Schema,
     ) -> Iterator[pa.RecordBatch]:
@@ -559,144 +457,8 @@ class HourLoader:
             yield pa.RecordBatch.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
     # -- staging ---------------------------------------------------------------------------
-    def _stream_into_stage(
-        self,
-        cur: Any,
-        item: _Staged,
-        hour: datetime,
-        end: datetime,
-        folder: Path,
-        pool: ThreadPoolExecutor,
-    ) -> Future[str]:
-        """Create the stage and COPY the hour's batches into it as they are extracted (binary,
-        sent by a writer thread), or into the target itself for a direct table (for a split one,
-        only the rows above the bound: the others are spooled to a local file and COPYed into
-        the stage after the stream); the same batches are written to Parquet and uploaded by
-        `pool`'s single worker (in order, at most a few batches behind). Returns the upload."""
-        plan = item.plan
-        order = BinaryCopyEncoder.copy_order(plan.columns)
-        columns = [name for name, _ in order]
-        into: tuple[str, ...] = (self.schema, plan.table.name)
-        if item.direct is None:
-            cur.execute(sql.create_stage(item.stage, plan.columns))
-            into = (item.stage,)
-        encoder = BinaryCopyEncoder(order)
-        parquet = ParquetStage(folder / f"{plan.table.name}.parquet", self._schema(plan))
-        pending: deque[Future[None]] = deque()
-        with ExitStack() as stack:
-            spool = None
-            if item.split and item.direct is not None:
-                spool = stack.enter_context(tempfile.TemporaryFile(dir=folder))
-                spool.write(HEADER)
-                bound = item.direct.key
-            statement = sql.copy_binary(into, columns)
-            with cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy:
-                copy.write(HEADER)
-                with closing(self._batches(item, hour, end)) as batches:
-                    for batch in batches:
-                        pending.append(pool.submit(parquet.write, batch))
-                        if spool is None:
-                            copy.write(encoder.encode(batch))
-                        else:
-                            new = pc.greater(batch.column(plan.table.key), bound)
-                            copy.write(encoder.encode(batch.filter(new)))
-                            spool.write(encoder.encode(batch.filter(pc.invert(new))))
-                        while len(pending) > PARQUET_QUEUE_BATCHES or (
-                            pending and pending[0].done()
-                        ):
-                            pending.popleft().result()
-                copy.write(TRAILER)
-            if spool is not None:
-                spool.write(TRAILER)
-                spool.seek(0)
-                cur.execute(sql.create_stage(item.stage, plan.columns))
-                with cur.copy(sql.copy_binary((item.stage,), columns)) as copy:
-                    while chunk := spool.read(SPOOL_CHUNK_BYTES):
-                        copy.write(chunk)
-            if item.has_stage:  # a temporary table has no statistics until analysed: the
-                cur.execute(sql.analyze(item.stage))  # MERGE would plan for a guessed size
-        key = stage_object_key(self.object_prefix, plan.table.name, hour)
-
-        def upload() -> str:  # runs after the writes (one worker, in order)
-            for write in pending:
-                write.result()
-            return self._upload(parquet.close(), key)
-
-        return pool.submit(upload)
-
     def _upload(self, path: Path, key: str) -> str:
         """Upload a staged Parquet file (SSE-KMS and checksum as the S3 resource sets them);
         returns its URI."""
         self.s3.put_file(path, self.bucket, key, content_type="application/vnd.apache.parquet")
         return self.s3.uri(self.bucket, key)
-
-    def _direct_tables(
-        self,
-        cur: Any,
-        plans: list[_Plan],
-        hour: datetime,
-        end: datetime,
-        figures: dict[str, ReconStats],
-    ) -> dict[str, tuple[Bound, bool]]:
-        """The tables whose new rows go straight into the target as they stream, with their
-        bound (the target's greatest key) and whether the rest is split off to a stage.
-
-        Rows with a key above the target's greatest key cannot be in it: they are COPYed
-        straight into the target, no stage and no MERGE. When that is every row of the hour (a
-        first load, a backfill into an empty range) nothing else is done ("direct"); when it is
-        at least half (an hour of new orders and changes to older ones) the others are spooled
-        and MERGEd from a stage after the stream ("split"); otherwise the table is staged. This
-        needs the targets' locks before the stream, so they are taken here (one statement, the
-        same fixed order as `_merge_all`) when some table qualifies, and the bound is read
-        again under them. Tables whose key is derived (the user key) are always staged.
-
-        Counting the hour's rows above a bound is a pass over them in the snapshot; the same
-        pass computes the table's source figures, which are left in `figures`."""
-        routes: dict[tuple[str, Any], bool | None] = {}  # one source query per table and bound
-        candidates: set[str] = set()
-        for plan in plans:
-            table = plan.table
-            if table.key not in table.taken:
-                continue
-            bound = self._target.greatest_key(cur, table)
-            if bound.target_was_empty or (
-                self._route(plan, hour, end, bound, routes, figures) is not None
-            ):
-                candidates.add(table.name)
-        if not candidates:
-            return {}
-        names = [plan.table.name for plan in plans] + ["dim_date"]
-        self._target.lock(cur, names)
-        direct: dict[str, tuple[Bound, bool]] = {}
-        for plan in plans:
-            if plan.table.name not in candidates:
-                continue
-            bound = self._target.greatest_key(cur, plan.table)
-            split = (
-                False
-                if bound.target_was_empty
-                else self._route(plan, hour, end, bound, routes, figures)
-            )
-            if split is not None:
-                direct[plan.table.name] = (bound, split)
-        return direct
-
-    def _route(
-        self,
-        plan: _Plan,
-        hour: datetime,
-        end: datetime,
-        bound: Bound,
-        routes: dict[tuple[str, Any], bool | None],
-        figures: dict[str, ReconStats],
-    ) -> bool | None:
-        """For a non-empty target: False when every row of the hour is above `bound`, True when
-        at least half are (split), None when fewer are (staged). Remembered in `routes`; the
-        table's source figures, read in the same pass, go to `figures`."""
-        memo = (plan.table.name, bound.key)
-        if memo not in routes:
-            stats, above = self._source.figures_and_profile(plan.table, hour, end, bound.key)
-            figures[plan.table.name] = stats
-            rows = stats.rows
-            routes[memo] = False if above == rows else (True if 2 * above >= rows else None)
-        return routes[memo]

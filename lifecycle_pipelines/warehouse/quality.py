@@ -5,7 +5,7 @@ the rows changed in the hour (computed in the source's snapshot)."""
 from __future__ import annotations
 
 from lifecycle_pipelines.checks.gx import CheckOutcome, figures_frame, load_suite, validate
-from lifecycle_pipelines.warehouse.loader import HourLoad
+from lifecycle_pipelines.warehouse.outcome import HourLoad
 
 
 def check_hour(load: HourLoad) -> CheckOutcome:

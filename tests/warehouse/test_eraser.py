@@ -19,8 +19,9 @@ from psycopg import sql as psql
 from lifecycle_pipelines.erasure.stores import Subject
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.warehouse.eraser import WarehouseEraser
-from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
+from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.model import Engine
+from lifecycle_pipelines.warehouse.outcome import HourLoad
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop
 from tests.warehouse.recording import RecordingConnection

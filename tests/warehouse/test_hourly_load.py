@@ -20,8 +20,9 @@ from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import S3Resource
 from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
-from lifecycle_pipelines.warehouse.loader import HourLoader, ReconciliationFailed
+from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
+from lifecycle_pipelines.warehouse.outcome import ReconciliationFailed
 from lifecycle_pipelines.warehouse.quality import check_hour
 from tests.conftest import private_shop, resources_with_shop
 from tests.warehouse.recording import RecordingConnection

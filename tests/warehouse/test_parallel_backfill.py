@@ -21,8 +21,9 @@ import pytest
 from psycopg import sql as psql
 
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
-from lifecycle_pipelines.warehouse.loader import HourLoad, HourLoader
+from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
+from lifecycle_pipelines.warehouse.outcome import HourLoad
 from lifecycle_pipelines.warehouse.quality import check_hour
 from lifecycle_pipelines.warehouse.target import DDL_LOCK_NAMESPACE, advisory_key
 from tests.conftest import private_shop

@@ -11,12 +11,8 @@ from pydantic import Field
 from lifecycle_pipelines.checks.results import check_result
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import PostgresResource, S3Resource, WarehouseResource
-from lifecycle_pipelines.warehouse.loader import (
-    HourLoad,
-    HourLoader,
-    HourNotClosed,
-    ReconciliationFailed,
-)
+from lifecycle_pipelines.warehouse.loader import HourLoader
+from lifecycle_pipelines.warehouse.outcome import HourLoad, HourNotClosed, ReconciliationFailed
 from lifecycle_pipelines.warehouse.quality import check_hour
 
 WAREHOUSE_PARTITIONS = dg.HourlyPartitionsDefinition(start_date="2026-11-01-00:00")
