@@ -25,7 +25,6 @@ subject's rows; GX is imported on a thread while the extraction runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -43,8 +42,6 @@ from psycopg import IsolationLevel, sql
 from lifecycle_pipelines.archive import manifest
 from lifecycle_pipelines.archive.columns import TableShape
 from lifecycle_pipelines.archive.crypto import (
-    ENCRYPTION_SCHEME,
-    PERSONAL_COLUMN,
     SubjectKeyring,
     archived_schema,
     encrypt_personal,
@@ -61,22 +58,18 @@ from lifecycle_pipelines.archive.extract import (
 )
 from lifecycle_pipelines.archive.memory import return_freed_memory, use_returning_arrow_pool
 from lifecycle_pipelines.archive.month_folders import MonthFolders
+from lifecycle_pipelines.archive.part_store import ArchivedTable, PartStore, StoredPart
 from lifecycle_pipelines.archive.plan import (
-    ARCHIVE_BUCKET_SUFFIX,
     ArchiveMonth,
-    keys_object_key,
-    object_key,
 )
 from lifecycle_pipelines.archive.scope import (
     check_shapes,
     month_relation,
     parent_key_range,
 )
-from lifecycle_pipelines.archive.stats import ReconStats, parts_source_stats
+from lifecycle_pipelines.archive.stats import parts_source_stats
 from lifecycle_pipelines.archive.subject_lookups import SubjectKeyLookups
 from lifecycle_pipelines.archive.verify import (
-    ObjectFigures,
-    file_figures,
     start_warm_up,
     verify_object,
 )
@@ -100,26 +93,6 @@ EXTRACTION_SETTINGS = (
 
 class ArchiveExpired(RuntimeError):
     """The partition's archive has expired; there is nothing to archive or confirm."""
-
-
-@dataclass(frozen=True)
-class StoredPart:
-    """A part once uploaded: what S3 answered, and the figures read back from the file."""
-
-    part: StagedPart
-    sha256: str  # base64, as S3 reports ChecksumSHA256
-    version_id: str | None
-    figures: ObjectFigures
-
-
-@dataclass
-class ArchivedTable:
-    """The parts of one table of the partition, their uploads and their source figures."""
-
-    shape: TableShape
-    parts: list[StagedPart]
-    source: list[ReconStats]
-    stored: list[Future[StoredPart]] = field(default_factory=list)
 
 
 @dataclass
@@ -219,7 +192,7 @@ class MonthArchiver:
         self.run_id = run_id
         self.log = logger
         self.use_psql = use_psql  # None: psql when one is found, else psycopg
-        self.bucket = s3.bucket(ARCHIVE_BUCKET_SUFFIX)
+        self.store = PartStore(s3, policy, data_type, month, logger)
         if not s3.sse_kms_key_id:
             raise ValueError("sse_kms_key_id: archival needs a KMS key to wrap subject keys")
         self.kms_key_id = s3.sse_kms_key_id
@@ -351,9 +324,11 @@ class MonthArchiver:
             tables, keys_path = self._extract(run, shapes)
             source_rows = sum(s.rows for s in tables[0].source)
             keys = (
-                uploads.submit(self._upload_keys, keys_path, round_.number) if source_rows else None
+                uploads.submit(self.store.upload_keys, keys_path, round_.number)
+                if source_rows
+                else None
             )
-            entries = self._entries(tables)
+            entries = self.store.entries(tables)
             committed = recorder.submit(
                 record.commit,
                 source_rows=source_rows,
@@ -445,9 +420,9 @@ class MonthArchiver:
                 writer = PartWriter(
                     run.folder / shape.table,
                     shape.table,
-                    partial(self._part_file_name, shape.table),
+                    partial(self.store.file_name, shape.table),
                     self.max_rows,
-                    self._file_metadata(shape),
+                    self.store.file_metadata(shape),
                     on_close=partial(self._part_closed, run, shape, stored),
                     transform=encrypt,
                     first_part=run.round.first_parts.get(shape.table, 0),
@@ -558,113 +533,21 @@ class MonthArchiver:
         part: StagedPart,
     ) -> None:
         """A part is complete: upload it and add it to the manifest transaction."""
-        stored.append(run.uploads.submit(self._store_part, shape, part))
+        stored.append(run.uploads.submit(self.store.store, shape, part))
         run.recorded.append(
             run.recorder.submit(
                 run.record.add_object,
                 table_name=shape.table,
                 part=part.part,
-                bucket=self.bucket,
-                object_key=object_key(self.policy, shape.table, self.month.month, part.part),
-                storage_class=self.policy.archive_storage_class or "STANDARD",
+                bucket=self.store.bucket,
+                object_key=self.store.key(shape.table, part.part),
+                storage_class=self.store.storage_class,
                 subjects=part.subjects,
             )
         )
 
-    def _store_part(self, shape: TableShape, part: StagedPart) -> StoredPart:
-        """Upload one closed part (upload thread) and read its figures back from the file."""
-        storage_class = self.policy.archive_storage_class or "STANDARD"
-        key = object_key(self.policy, shape.table, self.month.month, part.part)
-        _, checksum = part.sha256()
-        with part.path.open("rb") as body:
-            response = self.s3.client("s3").put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                StorageClass=storage_class,
-                # botocore computes SHA-256 over the bytes it sends and S3 checks it;
-                # verification compares S3's figure with the verified file's digest.
-                # (A precomputed ChecksumSHA256 header would be ignored by moto.)
-                ChecksumAlgorithm="SHA256",
-                ContentType="application/vnd.apache.parquet",
-                **self.s3.encryption_args(),
-            )
-        self.log.info(
-            f"uploaded {self.s3.uri(self.bucket, key)} ({part.rows} rows, "
-            f"{part.size_bytes} bytes, {storage_class})"
-        )
-        return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
-
     def _folders(self, shapes: list[TableShape]) -> MonthFolders:
         return MonthFolders.of(self.s3, self.policy, self.month, shapes, self.log)
-
-    def _part_file_name(self, table: str, part: int) -> str:
-        return Path(object_key(self.policy, table, self.month.month, part)).name
-
-    def _file_metadata(self, shape: TableShape) -> dict[str, str]:
-        metadata = {
-            "lifecycle.data_type": self.data_type,
-            "lifecycle.table": shape.table,
-            "lifecycle.partition_month": self.month.month.isoformat(),
-            "lifecycle.primary_key": shape.primary_key,
-        }
-        if shape.personal_columns:
-            metadata.update(
-                {
-                    "lifecycle.encryption": ENCRYPTION_SCHEME,
-                    "lifecycle.subject_column": shape.subject_column or "",
-                    "lifecycle.personal_columns": json.dumps(
-                        [[c, str(shape.column(c).arrow_type)] for c in shape.personal_columns]
-                    ),
-                    "lifecycle.personal_column": PERSONAL_COLUMN,
-                }
-            )
-        return metadata
-
-    def _entries(self, tables: list[ArchivedTable]) -> list[manifest.ObjectEntry]:
-        """The manifest entries of every uploaded part (waits for the uploads)."""
-        storage_class = self.policy.archive_storage_class or "STANDARD"
-        entries = []
-        for archived in tables:
-            for part, stats, future in zip(
-                archived.parts, archived.source, archived.stored, strict=True
-            ):
-                stored = future.result()
-                entries.append(
-                    manifest.ObjectEntry(
-                        table_name=archived.shape.table,
-                        part=part.part,
-                        bucket=self.bucket,
-                        object_key=object_key(
-                            self.policy, archived.shape.table, self.month.month, part.part
-                        ),
-                        version_id=stored.version_id,
-                        storage_class=storage_class,
-                        row_count=part.rows,
-                        size_bytes=part.size_bytes,
-                        sha256=stored.sha256,
-                        pk_min=part.pk_min,
-                        pk_max=part.pk_max,
-                        pk_sum=stats.pk_sum,
-                        pk_hash_sum=stats.pk_hash_sum,
-                        money_sums=stats.money_text(),
-                        subjects=dict(part.subjects),
-                    )
-                )
-        return entries
-
-    def _upload_keys(self, path: Path, round_number: int) -> tuple[str, str, str | None]:
-        key = keys_object_key(self.policy, self.data_type, self.month.month, round_number)
-        with path.open("rb") as body:
-            response = self.s3.client("s3").put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                ChecksumAlgorithm="SHA256",
-                ContentType="application/vnd.apache.parquet",
-                **self.s3.encryption_args(),
-            )
-        return self.bucket, key, response.get("VersionId")
 
     def _verify(
         self,
