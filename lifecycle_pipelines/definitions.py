@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from lifecycle_pipelines.alerts.sensors import failure_alerts
 from lifecycle_pipelines.assets.archive import (
     archive_month_assets,
     archive_restore_requests,
@@ -79,6 +80,6 @@ defs = dg.Definitions(
         erasure_hard_delete_sweep,
         erasure_rewrites_daily,
     ],
-    sensors=[archive_restore_sensor, *archive_sensors, erasure_request_sensor],
+    sensors=[archive_restore_sensor, *archive_sensors, erasure_request_sensor, failure_alerts],
     resources=resources_for(current_environment()),
 )

@@ -31,6 +31,9 @@ def test_definitions_load() -> None:
         assert defs.resolve_schedule_def(f"archive_{name}_monthly")
     assert defs.resolve_schedule_def("archive_restore_quarterly")
     assert defs.resolve_sensor_def("archive_restore_sensor")
+    alerts = defs.resolve_sensor_def("failure_alerts")
+    assert alerts.default_status == dg.DefaultSensorStatus.RUNNING
+    assert alerts.required_resource_keys == {"alerts"}
 
 
 def test_dagster_cli_validates_the_code_location() -> None:

@@ -1,0 +1,138 @@
+"""The alert sensor against a real Dagster instance (SQLite storage, run-sharded like `make dev`)
+and the stack's SNS topic (moto, over HTTP), read back through an SQS queue subscribed to it."""
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import dagster as dg
+import pytest
+
+from lifecycle_pipelines.alerts.sensors import failure_alerts
+from lifecycle_pipelines.resources import AlertsResource
+
+PARTITIONS = dg.StaticPartitionsDefinition(["north", "south"])
+PERSONAL = "jane.doe@example.com"  # stands for a value the data could hold
+
+
+@dg.asset(partitions_def=PARTITIONS)
+def widgets() -> None:
+    """An asset whose check fails in partition 'south'."""
+
+
+@dg.asset_check(asset=widgets, blocking=True)
+def widgets_balanced(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=context.partition_key != "south")
+
+
+@dg.asset(partitions_def=PARTITIONS)
+def gadgets() -> None:
+    raise ValueError(f"row of {PERSONAL} is malformed")  # the message must not be alerted
+
+
+@pytest.fixture
+def topic_messages(stack_info: Any) -> Iterator[Any]:
+    """A function returning the (subject, message) pairs published to the alerts topic since
+    the last call, through an SQS queue of this test."""
+    topic = os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"]
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    url = sqs.create_queue(QueueName="alerts-test")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    subscription = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    sqs.purge_queue(QueueUrl=url)
+
+    def received() -> list[tuple[str, str]]:
+        out = []
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+            for message in batch:
+                body = json.loads(message["Body"])
+                out.append((body["Subject"], body["Message"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return out
+
+    yield received
+    sns.unsubscribe(SubscriptionArn=subscription["SubscriptionArn"])
+    sqs.delete_queue(QueueUrl=url)
+
+
+def _alerts(topic_arn: str | None = None) -> AlertsResource:
+    return AlertsResource(topic_arn=topic_arn or os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"])
+
+
+DEFS = dg.Definitions(
+    assets=[widgets, gadgets],
+    asset_checks=[widgets_balanced],
+    jobs=[
+        dg.define_asset_job("widgets_job", [widgets], partitions_def=PARTITIONS),
+        dg.define_asset_job("gadgets_job", [gadgets], partitions_def=PARTITIONS),
+    ],
+)
+
+
+def _run(instance: dg.DagsterInstance, job: str, key: str) -> dg.ExecuteInProcessResult:
+    return DEFS.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=key, raise_on_error=False
+    )
+
+
+def _materialize(instance: dg.DagsterInstance, key: str) -> None:
+    """The widgets and their check (a failed blocking check fails the run, too)."""
+    _run(instance, "widgets_job", key)
+
+
+def _tick(instance: dg.DagsterInstance, cursor: str | None, alerts: AlertsResource) -> str:
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"alerts": alerts}, definitions=DEFS
+    ) as context:
+        failure_alerts(context)
+        assert context.cursor is not None
+        return context.cursor
+
+
+def test_failed_checks_and_runs_are_alerted_once_from_the_first_tick_on(
+    topic_messages: Any,
+) -> None:
+    with dg.instance_for_test() as instance:
+        _materialize(instance, "south")
+        cursor = _tick(instance, None, _alerts())  # starts now: the failure above is old
+        assert topic_messages() == []
+        for key in ("north", "south"):
+            _materialize(instance, key)
+        cursor = _tick(instance, cursor, _alerts())
+        subjects = sorted(subject for subject, _ in topic_messages())  # north passed
+        assert subjects == [
+            "[lifecycle] check failed: widgets widgets_balanced [south]",
+            "[lifecycle] run failed: widgets_job [south]",
+        ]
+        assert _tick(instance, cursor, _alerts()) == cursor  # nothing new, nothing sent
+        assert topic_messages() == []
+
+
+def test_alerts_sns_refused_are_sent_on_the_next_tick(topic_messages: Any) -> None:
+    missing = os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"] + "-missing"
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        _materialize(instance, "south")
+        assert _tick(instance, cursor, _alerts(missing)) == cursor  # not published, not passed
+        _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 2  # the run's and its check's
+
+
+def test_a_failed_run_is_alerted_with_its_step_and_error_class_never_its_message(
+    topic_messages: Any,
+) -> None:
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        result = _run(instance, "gadgets_job", "north")
+        dg.materialize([gadgets], instance=instance, partition_key="south", raise_on_error=False)
+        assert not result.success
+        _tick(instance, cursor, _alerts())
+    [(subject, message)] = topic_messages()
+    assert subject == "[lifecycle] run failed: gadgets_job [north]"  # not the ephemeral job's
+    assert "failed steps: gadgets" in message and "errors: ValueError" in message
+    assert result.run_id in message
+    assert PERSONAL not in subject + message and "malformed" not in message
