@@ -56,7 +56,7 @@ class TableHour:
     plan: TablePlan
     stage: str
     deleted: pa.Array | None  # soft-deleted users among the rows (tables with a user key)
-    stats: ReconStats | None = None  # the source's figures, computed beside the extraction
+    stats: ReconStats | None = None  # the source's figures (routing pass, or beside the stream)
     direct: Bound | None = None  # rows with a key above it are COPYed straight into the target
     split: bool = False  # with `direct`: the rows at or below the bound go through a stage
     rows: int = 0

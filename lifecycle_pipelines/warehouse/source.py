@@ -171,7 +171,10 @@ class HourSource:
         self, table: WarehouseTable, hour: datetime, end: datetime, bound: Any
     ) -> tuple[ReconStats, int]:
         """The source's figures of the hour (as `figures`, for a table keyed by its own key) and
-        how many of its rows have a key above `bound`, in one pass over the hour's rows."""
+        how many of its rows have a key above `bound`, in one pass over the hour's rows. Only
+        for a table keyed by a source column (not the user dimension, keyed by the HMAC)."""
+        if table.key not in table.taken:
+            raise ValueError(f"{table.name}: its key {table.key} is not a source column")
         key = sql.Identifier("t", table.key)
         money = list(table.money)
         query = sql.SQL("SELECT {}, count(*) FILTER (WHERE {} > %s) FROM {} WHERE {}").format(

@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.warehouse.model import DIM_USERS, FACT_ORDER_ITEMS, FACT_ORDERS
 from lifecycle_pipelines.warehouse.plan import TablePlan
 from lifecycle_pipelines.warehouse.routing import Routing, lock_order
+from lifecycle_pipelines.warehouse.source import HourSource
 from lifecycle_pipelines.warehouse.target import Bound
 
 HOUR = datetime(2026, 11, 20, 9, tzinfo=UTC)
@@ -35,7 +38,8 @@ class FakeTarget:
     committed in between)."""
 
     def __init__(self, before: dict[str, Any], after: dict[str, Any] | None = None) -> None:
-        self.before, self.after = before, after or before
+        self.before = before
+        self.after = before if after is None else after
         self.locked: list[list[str]] = []
 
     def greatest_key(self, cur: Any, table: Any) -> Bound:
@@ -91,3 +95,8 @@ def test_a_bound_moved_by_a_concurrent_load_is_routed_again_under_the_lock() -> 
     direct = _routing(source, target).direct_tables(None, _plans())
     assert direct == {"fact_orders": (Bound(11), True)}  # 1 of 2 above 11: split
     assert source.passes == [("fact_orders", 10), ("fact_order_items", 5), ("fact_orders", 11)]
+
+
+def test_the_routing_pass_refuses_a_table_keyed_by_a_derived_key() -> None:
+    with pytest.raises(ValueError, match="dim_users: its key user_key is not a source column"):
+        HourSource(shop=None).figures_and_profile(DIM_USERS, HOUR, HOUR, None)
