@@ -2,7 +2,8 @@
 
 An alert names assets, checks, partitions, jobs, runs and exception classes, never a value of the
 data or an exception's message (a database error's detail can quote a row): invariant 6. SNS
-subjects hold at most 100 characters, so the subject is short and the message carries the rest.
+subjects hold at most 100 printable ASCII characters, so the subject is short (anything else in
+it becomes '?') and the message carries the rest.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class Alert:
 
 
 def _subject(text: str) -> str:
-    subject = f"{PREFIX} {text}"
-    return subject if len(subject) <= SUBJECT_LIMIT else subject[: SUBJECT_LIMIT - 3] + "..."
+    """SNS takes printable ASCII without line breaks, up to 100 characters, as a subject."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in f"{PREFIX} {text}")
+    return printable if len(printable) <= SUBJECT_LIMIT else printable[: SUBJECT_LIMIT - 3] + "..."
 
 
 def check_failed(
@@ -59,7 +61,7 @@ def run_failed(
     failed_steps: Sequence[str],
     error_classes: Sequence[str],
 ) -> Alert:
-    """A run that failed (after its retries)."""
+    """A run that failed (and that Dagster does not retry)."""
     partition = tags.get(PARTITION_TAG)
     where = f" [{partition}]" if partition else ""
     lines = [

@@ -36,3 +36,10 @@ def test_long_subjects_are_cut_to_the_sns_limit() -> None:
     )
     assert len(alert.subject) == SUBJECT_LIMIT and alert.subject.endswith("...")
     assert "a" * 80 in alert.message  # the message keeps the whole name
+
+
+def test_a_subject_is_printable_ascii_on_one_line() -> None:
+    alert = check_failed(
+        asset="a", check="c", partition="x\ny\u00e9", severity="ERROR", blocking=False, run_id="r"
+    )
+    assert alert.subject == "[lifecycle] check failed: a c [x?y?]"

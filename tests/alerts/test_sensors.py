@@ -112,14 +112,44 @@ def test_failed_checks_and_runs_are_alerted_once_from_the_first_tick_on(
         assert topic_messages() == []
 
 
-def test_alerts_sns_refused_are_sent_on_the_next_tick(topic_messages: Any) -> None:
-    missing = os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"] + "-missing"
+def test_an_unreachable_sns_holds_the_alert_for_the_next_tick_and_a_rejection_does_not(
+    topic_messages: Any,
+) -> None:
+    unreachable = AlertsResource(
+        topic_arn=os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"], endpoint_url="http://127.0.0.1:9",
+        max_attempts=1, connect_timeout_seconds=1,
+    )  # fmt: skip
+    rejecting = _alerts(os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"] + "-missing")  # NotFound
     with dg.instance_for_test() as instance:
         cursor = _tick(instance, None, _alerts())
         _materialize(instance, "south")
-        assert _tick(instance, cursor, _alerts(missing)) == cursor  # not published, not passed
+        assert _tick(instance, cursor, unreachable) == cursor  # nothing marked seen
+        cursor = _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 2  # the run's and its check's, one tick late
+        _materialize(instance, "south")
+        cursor = _tick(instance, cursor, rejecting)  # rejected for good: logged, passed over
+        _materialize(instance, "south")
         _tick(instance, cursor, _alerts())
-        assert len(topic_messages()) == 2  # the run's and its check's
+        assert len(topic_messages()) == 2  # only the last run's: nothing held back
+
+
+def test_a_run_is_alerted_once_whatever_happens_to_it_after_and_not_while_retried(
+    topic_messages: Any,
+) -> None:
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        result = _run(instance, "gadgets_job", "north")
+        cursor = _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 1
+        instance.add_run_tags(result.run_id, {"dagster/auto_retry_run_id": "r-2"})  # moves its
+        cursor = _tick(instance, cursor, _alerts())  # update time, not its end
+        retried = DEFS.resolve_job_def("gadgets_job").execute_in_process(
+            instance=instance, partition_key="south", raise_on_error=False,
+            tags={"dagster/will_retry": "true"},
+        )  # fmt: skip
+        assert not retried.success
+        _tick(instance, cursor, _alerts())
+        assert topic_messages() == []
 
 
 def test_a_failed_run_is_alerted_with_its_step_and_error_class_never_its_message(
