@@ -60,12 +60,14 @@ def run_failed(
     tags: Mapping[str, str],
     failed_steps: Sequence[str],
     error_classes: Sequence[str],
+    will_retry: bool = False,
 ) -> Alert:
-    """A run that failed (and that Dagster does not retry)."""
+    """A run that failed (`will_retry`: Dagster starts another attempt)."""
     partition = tags.get(PARTITION_TAG)
     where = f" [{partition}]" if partition else ""
+    retry = " Dagster will retry it." if will_retry else ""
     lines = [
-        f"Run {run_id} of job '{job}'{where} failed.",
+        f"Run {run_id} of job '{job}'{where} failed.{retry}",
         f"job: {job}",
         f"partition: {partition or '-'}",
         f"run: {run_id}",

@@ -25,7 +25,10 @@ def test_a_run_alert_names_job_partition_steps_and_error_classes_only() -> None:
     assert alert.subject == "[lifecycle] run failed: warehouse_hourly_job [2026-11-20-09:00]"
     assert "failed steps: warehouse_hourly" in alert.message
     assert "errors: OperationalError\n" in alert.message  # once, by class
-    unpartitioned = run_failed(job="j", run_id="r", tags={}, failed_steps=[], error_classes=[])
+    unpartitioned = run_failed(
+        job="j", run_id="r", tags={}, failed_steps=[], error_classes=[], will_retry=True
+    )
+    assert "failed. Dagster will retry it." in unpartitioned.message
     assert "partition: -" in unpartitioned.message
     assert unpartitioned.subject == "[lifecycle] run failed: j"
 

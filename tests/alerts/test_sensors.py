@@ -112,44 +112,57 @@ def test_failed_checks_and_runs_are_alerted_once_from_the_first_tick_on(
         assert topic_messages() == []
 
 
-def test_an_unreachable_sns_holds_the_alert_for_the_next_tick_and_a_rejection_does_not(
+class OversizedCheckAlerts(AlertsResource):
+    """Sends check alerts SNS must refuse as invalid (over 256 KiB), the others as they are."""
+
+    def notify(self, subject: str, message: str) -> str | None:
+        if "check failed" in subject:
+            message += "x" * 300_000
+        return super().notify(subject, message)
+
+
+def test_sns_failures_hold_the_alerts_for_the_next_tick_and_an_invalid_alert_is_dropped(
     topic_messages: Any,
 ) -> None:
+    topic = os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"]
     unreachable = AlertsResource(
-        topic_arn=os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"], endpoint_url="http://127.0.0.1:9",
-        max_attempts=1, connect_timeout_seconds=1,
+        topic_arn=topic, endpoint_url="http://127.0.0.1:9", max_attempts=1,
+        connect_timeout_seconds=1,
     )  # fmt: skip
-    rejecting = _alerts(os.environ["LIFECYCLE_ALERTS_TOPIC_ARN"] + "-missing")  # NotFound
     with dg.instance_for_test() as instance:
         cursor = _tick(instance, None, _alerts())
         _materialize(instance, "south")
-        assert _tick(instance, cursor, unreachable) == cursor  # nothing marked seen
+        assert _tick(instance, cursor, unreachable) == cursor  # held
+        assert _tick(instance, cursor, _alerts(topic + "-missing")) == cursor  # held: NotFound
         cursor = _tick(instance, cursor, _alerts())
-        assert len(topic_messages()) == 2  # the run's and its check's, one tick late
+        assert len(topic_messages()) == 2  # the run's and its check's, two ticks late
         _materialize(instance, "south")
-        cursor = _tick(instance, cursor, rejecting)  # rejected for good: logged, passed over
-        _materialize(instance, "south")
-        _tick(instance, cursor, _alerts())
-        assert len(topic_messages()) == 2  # only the last run's: nothing held back
+        cursor = _tick(instance, cursor, OversizedCheckAlerts(topic_arn=topic))
+        assert [s for s, _ in topic_messages()] == ["[lifecycle] run failed: widgets_job [south]"]
+        _tick(instance, cursor, _alerts())  # the invalid one is not tried again
+        assert topic_messages() == []
 
 
-def test_a_run_is_alerted_once_whatever_happens_to_it_after_and_not_while_retried(
+def test_a_run_is_alerted_once_whatever_happens_to_it_after_and_says_when_it_is_retried(
     topic_messages: Any,
 ) -> None:
     with dg.instance_for_test() as instance:
         cursor = _tick(instance, None, _alerts())
         result = _run(instance, "gadgets_job", "north")
         cursor = _tick(instance, cursor, _alerts())
-        assert len(topic_messages()) == 1
-        instance.add_run_tags(result.run_id, {"dagster/auto_retry_run_id": "r-2"})  # moves its
-        cursor = _tick(instance, cursor, _alerts())  # update time, not its end
-        retried = DEFS.resolve_job_def("gadgets_job").execute_in_process(
+        [(_, first)] = topic_messages()
+        assert "will retry" not in first
+        instance.add_run_tags(result.run_id, {"dagster/auto_retry_run_id": "r-2"})
+        cursor = _tick(instance, cursor, _alerts())
+        assert topic_messages() == []  # a later change to the run is not a new failure
+        DEFS.resolve_job_def("gadgets_job").execute_in_process(
             instance=instance, partition_key="south", raise_on_error=False,
             tags={"dagster/will_retry": "true"},
         )  # fmt: skip
-        assert not retried.success
         _tick(instance, cursor, _alerts())
-        assert topic_messages() == []
+        [(subject, message)] = topic_messages()
+        assert subject == "[lifecycle] run failed: gadgets_job [south]"
+        assert "Dagster will retry it." in message
 
 
 def test_a_failed_run_is_alerted_with_its_step_and_error_class_never_its_message(
