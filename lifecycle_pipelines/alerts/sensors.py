@@ -2,26 +2,32 @@
 this code location that failed, and every asset check that did not pass in a finished run (spec
 9.3: notification on data-quality issues).
 
-It follows the runs' status changes (`RUN_FAILURE`, `RUN_SUCCESS`) in the order the instance
+It follows the runs' status changes (failed, succeeded, cancelled) in the order the instance
 stored them (event storage ids, on SQLite as on PostgreSQL), with one cursor per status: no clock
-decides what is new, a run whose end is written late is read when it is written, and a run is
-read once whatever happens to it afterwards (tags added by run retries, say). Each failed attempt
-of a retried run is alerted; the text says when Dagster will retry it. The first tick starts at
-that moment: earlier failures are not announced. Only runs of this code location are alerted
-(the run's origin names it; without an origin, a run whose job this location defines).
+decides what is new, and a run is read once whatever is done to it afterwards (run retries add
+tags, say). Each tick reads again the last `LOOKBACK_IDS` ids below the cursor and passes over
+the runs it already dealt with there: a status change whose id was allocated before the cursor
+moved but committed after it (concurrent writers on PostgreSQL), or whose id SQLite handed out
+again after the newest runs were deleted, is still read. Each failed attempt of a retried run is
+alerted; the text says when Dagster will retry it (when the tag is already there). The first tick,
+or a cursor this version does not know, starts at that moment: earlier failures are not
+announced. Only runs of this code location are alerted (the run's origin names it; without an
+origin, a run whose job this location defines).
 
 With no topic configured (`LIFECYCLE_ALERTS_TOPIC_ARN` unset) an alert is written to the log
-instead. SNS calls are retried by the client (standard mode). When SNS still fails, the tick ends
-before the cursor passes that run and the next tick sends its alerts again (an alert may arrive
-twice, never not at all) - except when SNS says the alert itself is invalid: that one is logged
-as an error and passed over, so it cannot hold back the ones after it. A missing topic or missing
-permissions hold every alert until they are fixed.
+instead. When SNS fails (after the client's short retries), the tick ends before the cursor passes
+that run and the next tick sends its alerts again (an alert may arrive twice, never not at all),
+except when SNS says the alert itself is invalid: that one is logged as an error and passed over,
+so it cannot hold back the ones after it. A missing topic or missing permissions hold every alert
+until they are fixed. A tick stops after `TICK_SECONDS`, well inside the daemon's limit, so its
+cursor is always saved.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+import time
+from typing import Any, Literal
 
 import dagster as dg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -30,10 +36,17 @@ from dagster import DagsterEventType
 from lifecycle_pipelines.alerts.messages import PARTITION_TAG, Alert, check_failed, run_failed
 from lifecycle_pipelines.resources import AlertsResource
 
-Followed = Literal[DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS]
-FOLLOWED: tuple[Followed, ...] = (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS)
+Followed = Literal[
+    DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS, DagsterEventType.RUN_CANCELED
+]
+FOLLOWED: tuple[Followed, ...] = (
+    DagsterEventType.RUN_FAILURE,
+    DagsterEventType.RUN_SUCCESS,
+    DagsterEventType.RUN_CANCELED,
+)
 PAGE = 100  # status changes read at a time
-PAGES_PER_TICK = 10  # the rest wait for the next tick
+LOOKBACK_IDS = 500  # ids below the cursor read again (late commits, ids SQLite reuses)
+TICK_SECONDS = 30.0  # a tick stops here; the daemon gives it 60 s
 WILL_RETRY_TAG = "dagster/will_retry"
 INVALID_ALERT_CODES = frozenset({"InvalidParameter", "InvalidParameterValue", "ValidationError"})
 
@@ -101,9 +114,53 @@ def is_invalid_alert(error: BotoCoreError | ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in INVALID_ALERT_CODES
 
 
-def _latest(instance: dg.DagsterInstance, event_type: DagsterEventType) -> int:
-    latest = instance.fetch_run_status_changes(event_type, limit=1, ascending=False).records
-    return latest[0].storage_id if latest else -1
+def _now(instance: dg.DagsterInstance, event_type: DagsterEventType) -> dict[str, Any]:
+    """A status's cursor that starts now: the newest id, the lookback's changes counted done."""
+    latest = instance.fetch_run_status_changes(event_type, limit=LOOKBACK_IDS, ascending=False)
+    records = latest.records
+    return {
+        "after": records[0].storage_id if records else -1,
+        "done": [[r.storage_id, r.run_id] for r in reversed(records)],
+    }
+
+
+class StatusCursor:
+    """Per status: the last storage id dealt with, and the (id, run) pairs dealt with in the
+    `LOOKBACK_IDS` below it (read again each tick, passed over)."""
+
+    def __init__(self, text: str | None, instance: dg.DagsterInstance) -> None:
+        try:
+            value: Any = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            value = {}
+        self.state: dict[str, dict[str, Any]] = {}
+        for event_type in FOLLOWED:
+            known = value.get(event_type.value) if isinstance(value, dict) else None
+            if isinstance(known, dict) and isinstance(known.get("after"), int):
+                self.state[event_type.value] = {
+                    "after": known["after"],
+                    "done": [list(pair) for pair in known.get("done", [])],
+                }
+            else:  # first tick, or a cursor of another version: start now
+                self.state[event_type.value] = _now(instance, event_type)
+
+    def start(self, event_type: DagsterEventType) -> int:
+        return max(-1, self.state[event_type.value]["after"] - LOOKBACK_IDS)
+
+    def is_done(self, event_type: DagsterEventType, storage_id: int, run_id: str) -> bool:
+        entry = self.state[event_type.value]
+        return [storage_id, run_id] in entry["done"] or (
+            storage_id <= entry["after"] - LOOKBACK_IDS
+        )
+
+    def mark(self, event_type: DagsterEventType, storage_id: int, run_id: str) -> None:
+        entry = self.state[event_type.value]
+        entry["after"] = max(entry["after"], storage_id)
+        floor = entry["after"] - LOOKBACK_IDS
+        entry["done"] = [p for p in entry["done"] if p[0] > floor] + [[storage_id, run_id]]
+
+    def dump(self) -> str:
+        return json.dumps(self.state)
 
 
 @dg.sensor(
@@ -117,23 +174,27 @@ def _latest(instance: dg.DagsterInstance, event_type: DagsterEventType) -> int:
     ),
 )
 def failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource) -> dg.SkipReason:
-    """One tick: the runs that failed or succeeded since the cursor, in storage order."""
+    """One tick: the runs that finished since the cursor, in storage order, per status."""
     instance = context.instance
-    if context.cursor is None:
-        start = {t.value: _latest(instance, t) for t in FOLLOWED}
-        context.update_cursor(json.dumps(start))
+    first = context.cursor is None
+    cursor = StatusCursor(context.cursor, instance)
+    context.update_cursor(cursor.dump())
+    if first:
         return dg.SkipReason("watching runs that finish from now on")
-    cursor: dict[str, int] = json.loads(context.cursor)
+    started = time.monotonic()
     sent = runs = 0
     for event_type in FOLLOWED:
-        after = cursor.get(event_type.value, -1)
-        for _ in range(PAGES_PER_TICK):
+        after = cursor.start(event_type)
+        while time.monotonic() - started < TICK_SECONDS:
             page = instance.fetch_run_status_changes(
                 dg.RunStatusChangeRecordsFilter(event_type, after_storage_id=after),
                 limit=PAGE,
                 ascending=True,
             )
             for record in page.records:
+                after = record.storage_id
+                if cursor.is_done(event_type, record.storage_id, record.run_id):
+                    continue
                 run = instance.get_run_by_id(record.run_id)
                 if run is not None and is_ours(context, run):
                     failed = event_type == DagsterEventType.RUN_FAILURE
@@ -153,8 +214,8 @@ def failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource) 
                             )
                             continue
                         sent += 1
-                after = cursor[event_type.value] = record.storage_id
-                context.update_cursor(json.dumps(cursor))
+                cursor.mark(event_type, record.storage_id, record.run_id)
+                context.update_cursor(cursor.dump())
                 runs += 1
             if not page.has_more:
                 break

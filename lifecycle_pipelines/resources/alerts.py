@@ -17,6 +17,15 @@ class AlertsResource(AwsResource):
     topic_arn: str | None = Field(
         default=None, description="SNS topic ARN for alerts; None logs the alert instead."
     )
+    # An alert that cannot be published waits for the alert sensor's next tick: short waits
+    # keep a tick well inside the daemon's time limit.
+    max_attempts: int = Field(default=2, description="Attempts per SNS call (retries + 1).")
+    connect_timeout_seconds: float = Field(
+        default=3.0, description="Seconds to wait for a TCP connection to SNS."
+    )
+    read_timeout_seconds: float = Field(
+        default=5.0, description="Seconds to wait for SNS's response before retrying."
+    )
 
     def notify(self, subject: str, message: str) -> str | None:
         """Publish an alert; returns the SNS message id (None when no topic is configured)."""

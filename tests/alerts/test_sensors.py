@@ -10,6 +10,7 @@ import boto3
 import dagster as dg
 import pytest
 
+from lifecycle_pipelines.alerts import sensors
 from lifecycle_pipelines.alerts.sensors import failure_alerts
 from lifecycle_pipelines.resources import AlertsResource
 
@@ -25,6 +26,12 @@ def widgets() -> None:
 @dg.asset_check(asset=widgets, blocking=True)
 def widgets_balanced(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=context.partition_key != "south")
+
+
+@dg.asset_check(asset=widgets, blocking=False)
+def widgets_counted(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Fails in partition 'north' without failing the run."""
+    return dg.AssetCheckResult(passed=context.partition_key != "north")
 
 
 @dg.asset(partitions_def=PARTITIONS)
@@ -65,7 +72,7 @@ def _alerts(topic_arn: str | None = None) -> AlertsResource:
 
 DEFS = dg.Definitions(
     assets=[widgets, gadgets],
-    asset_checks=[widgets_balanced],
+    asset_checks=[widgets_balanced, widgets_counted],
     jobs=[
         dg.define_asset_job("widgets_job", [widgets], partitions_def=PARTITIONS),
         dg.define_asset_job("gadgets_job", [gadgets], partitions_def=PARTITIONS),
@@ -103,9 +110,10 @@ def test_failed_checks_and_runs_are_alerted_once_from_the_first_tick_on(
         for key in ("north", "south"):
             _materialize(instance, key)
         cursor = _tick(instance, cursor, _alerts())
-        subjects = sorted(subject for subject, _ in topic_messages())  # north passed
+        subjects = sorted(subject for subject, _ in topic_messages())
         assert subjects == [
             "[lifecycle] check failed: widgets widgets_balanced [south]",
+            "[lifecycle] check failed: widgets widgets_counted [north]",  # in a run that passed
             "[lifecycle] run failed: widgets_job [south]",
         ]
         assert _tick(instance, cursor, _alerts()) == cursor  # nothing new, nothing sent
@@ -179,3 +187,43 @@ def test_a_failed_run_is_alerted_with_its_step_and_error_class_never_its_message
     assert "failed steps: gadgets" in message and "errors: ValueError" in message
     assert result.run_id in message
     assert PERSONAL not in subject + message and "malformed" not in message
+
+
+def test_every_run_is_read_across_pages_and_ticks(
+    topic_messages: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sensors, "PAGE", 1)
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        for key in ("north", "south", "north"):
+            _run(instance, "gadgets_job", key)
+        _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 3
+
+
+def test_a_failure_whose_id_sqlite_hands_out_again_is_still_alerted(topic_messages: Any) -> None:
+    """Deleting the newest run frees its ids; the next run's status change reuses them."""
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        first = _run(instance, "gadgets_job", "north")
+        cursor = _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 1
+        instance.delete_run(first.run_id)
+        second = _run(instance, "gadgets_job", "south")
+        _tick(instance, cursor, _alerts())
+        [(subject, message)] = topic_messages()
+        assert subject == "[lifecycle] run failed: gadgets_job [south]"
+        assert second.run_id in message
+
+
+def test_a_cursor_of_another_version_starts_now_instead_of_replaying_history(
+    topic_messages: Any,
+) -> None:
+    with dg.instance_for_test() as instance:
+        _run(instance, "gadgets_job", "north")
+        old = '{"latest": "2026-11-26T12:00:00+00:00", "seen": []}'
+        cursor = _tick(instance, old, _alerts())
+        assert topic_messages() == []
+        _run(instance, "gadgets_job", "south")
+        _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 1
