@@ -4,8 +4,8 @@ this code location that failed, and every asset check that did not pass in a fin
 
 It follows the runs' status changes (failed, succeeded, cancelled) in the order the instance
 stored them (event storage ids, on SQLite as on PostgreSQL), with one cursor per status: no clock
-decides what is new, and a run is read once whatever is done to it afterwards (run retries add
-tags, say). Each tick reads again the last `LOOKBACK_IDS` ids below the cursor and passes over
+decides what is new, and a run's status change is read once whatever is done to the run
+afterwards (run retries add tags, say). Each tick reads again the last `LOOKBACK_IDS` ids below the cursor and passes over
 the runs it already dealt with there: a status change whose id was allocated before the cursor
 moved but committed after it (concurrent writers on PostgreSQL), or whose id SQLite handed out
 again after the newest runs were deleted, is still read. Each failed attempt of a retried run is
@@ -19,8 +19,8 @@ instead. When SNS fails (after the client's short retries), the tick ends before
 that run and the next tick sends its alerts again (an alert may arrive twice, never not at all),
 except when SNS says the alert itself is invalid: that one is logged as an error and passed over,
 so it cannot hold back the ones after it. A missing topic or missing permissions hold every alert
-until they are fixed. A tick stops after `TICK_SECONDS`, well inside the daemon's limit, so its
-cursor is always saved.
+until they are fixed. A tick starts no run after `TICK_SECONDS` (one run's alerts take at most
+~16 s when SNS does not answer), so it ends inside the daemon's 60 s and its cursor is saved.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ FOLLOWED: tuple[Followed, ...] = (
 )
 PAGE = 100  # status changes read at a time
 LOOKBACK_IDS = 500  # ids below the cursor read again (late commits, ids SQLite reuses)
-TICK_SECONDS = 30.0  # a tick stops here; the daemon gives it 60 s
+TICK_SECONDS = 30.0  # no run is started after this; the daemon gives a tick 60 s
 WILL_RETRY_TAG = "dagster/will_retry"
 INVALID_ALERT_CODES = frozenset({"InvalidParameter", "InvalidParameterValue", "ValidationError"})
 
@@ -118,10 +118,11 @@ def _now(instance: dg.DagsterInstance, event_type: DagsterEventType) -> dict[str
     """A status's cursor that starts now: the newest id, the lookback's changes counted done."""
     latest = instance.fetch_run_status_changes(event_type, limit=LOOKBACK_IDS, ascending=False)
     records = latest.records
-    return {
-        "after": records[0].storage_id if records else -1,
-        "done": [[r.storage_id, r.run_id] for r in reversed(records)],
-    }
+    after = records[0].storage_id if records else -1
+    done = [
+        [r.storage_id, r.run_id] for r in reversed(records) if r.storage_id > after - LOOKBACK_IDS
+    ]
+    return {"after": after, "done": done}
 
 
 class StatusCursor:
@@ -148,9 +149,11 @@ class StatusCursor:
         return max(-1, self.state[event_type.value]["after"] - LOOKBACK_IDS)
 
     def is_done(self, event_type: DagsterEventType, storage_id: int, run_id: str) -> bool:
+        """Whether this status of the run was dealt with (a second event of the same status for
+        one run counts as the same)."""
         entry = self.state[event_type.value]
-        return [storage_id, run_id] in entry["done"] or (
-            storage_id <= entry["after"] - LOOKBACK_IDS
+        return storage_id <= entry["after"] - LOOKBACK_IDS or any(
+            done_run == run_id for _, done_run in entry["done"]
         )
 
     def mark(self, event_type: DagsterEventType, storage_id: int, run_id: str) -> None:
@@ -192,6 +195,8 @@ def failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource) 
                 ascending=True,
             )
             for record in page.records:
+                if time.monotonic() - started >= TICK_SECONDS:
+                    return dg.SkipReason(f"{sent} alert(s) for {runs} run(s); the rest next tick")
                 after = record.storage_id
                 if cursor.is_done(event_type, record.storage_id, record.run_id):
                     continue

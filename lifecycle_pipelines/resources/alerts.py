@@ -19,7 +19,9 @@ class AlertsResource(AwsResource):
     )
     # An alert that cannot be published waits for the alert sensor's next tick: short waits
     # keep a tick well inside the daemon's time limit.
-    max_attempts: int = Field(default=2, description="Attempts per SNS call (retries + 1).")
+    max_attempts: int = Field(
+        default=1, description="Retries of an SNS call after its first attempt (botocore's)."
+    )
     connect_timeout_seconds: float = Field(
         default=3.0, description="Seconds to wait for a TCP connection to SNS."
     )

@@ -227,3 +227,17 @@ def test_a_cursor_of_another_version_starts_now_instead_of_replaying_history(
         _run(instance, "gadgets_job", "south")
         _tick(instance, cursor, _alerts())
         assert len(topic_messages()) == 1
+
+
+def test_a_tick_out_of_time_leaves_the_rest_for_the_next(
+    topic_messages: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.instance_for_test() as instance:
+        cursor = _tick(instance, None, _alerts())
+        _run(instance, "gadgets_job", "north")
+        monkeypatch.setattr(sensors, "TICK_SECONDS", 0.0)
+        assert _tick(instance, cursor, _alerts()) == cursor
+        assert topic_messages() == []
+        monkeypatch.setattr(sensors, "TICK_SECONDS", 30.0)
+        _tick(instance, cursor, _alerts())
+        assert len(topic_messages()) == 1
