@@ -78,10 +78,16 @@ def cents_sum_sql(column: sql.Composable) -> sql.Composable:
     return sql.SQL("COALESCE((sum({}) * 100)::bigint, 0)").format(column)
 
 
-def figures_sql(primary_key: sql.Composable, money_columns: list[str]) -> sql.Composable:
-    """The select list of the figures: count, key sum, key checksum, money sums in cents (read
-    back by `stats_of_row`)."""
-    money = [cents_sum_sql(sql.Identifier(m)) for m in money_columns]
+def figures_sql(
+    primary_key: sql.Composable, money_columns: list[str], alias: str | None = None
+) -> sql.Composable:
+    """The select list of the figures, for PostgreSQL and Redshift: count, key sum, key checksum,
+    money sums in cents (read back by `stats_of_row`); money columns qualified by `alias` when
+    given."""
+    money = [
+        cents_sum_sql(sql.Identifier(alias, m) if alias else sql.Identifier(m))
+        for m in money_columns
+    ]
     return sql.SQL("count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money}").format(
         pk=primary_key,
         h=pk_hash_sql(primary_key),
@@ -144,27 +150,13 @@ def parts_source_stats(
         if key_ranges
         else sql.SQL("WHEN false THEN 0")
     )
-    money = [cents_sum_sql(sql.Identifier("t", m)) for m in money_columns]
-    query = sql.SQL(
-        "SELECT {b} AS part, count(*), COALESCE(sum({pk}), 0), COALESCE(sum({h}), 0){money}"
-        " FROM {rel} WHERE {w} GROUP BY 1"
-    ).format(
-        b=bucket,
-        pk=pk,
-        h=pk_hash_sql(pk),
-        money=sql.SQL("").join(sql.SQL(", ") + m for m in money),
-        rel=relation,
-        w=where,
+    query = sql.SQL("SELECT {b} AS part, {figures} FROM {rel} WHERE {w} GROUP BY 1").format(
+        b=bucket, figures=figures_sql(pk, money_columns, alias="t"), rel=relation, w=where
     )
     empty = ReconStats(0, 0, 0, dict.fromkeys(money_columns, 0))
     found: dict[int, ReconStats] = {}
     for row in conn.execute(query):
-        found[int(row[0])] = ReconStats(
-            rows=int(row[1]),
-            pk_sum=int(row[2]),
-            pk_hash_sum=int(row[3]),
-            money_cents={m: int(v) for m, v in zip(money_columns, row[4:], strict=True)},
-        )
+        found[int(row[0])] = stats_of_row(row[1:], money_columns)
     return PartsStats(
         parts=[found.get(i, empty) for i in range(len(key_ranges))],
         outside=found.get(-1, empty),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-from lifecycle_pipelines.archive.stats import cents_sum_sql, pk_hash_sql
+from lifecycle_pipelines.archive.stats import figures_sql
 from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_HEX_DIGITS, USER_KEY_WORD_DIGITS
 
 if TYPE_CHECKING:
@@ -185,11 +185,7 @@ def key_figure(table: WarehouseTable, engine: Engine) -> str:
 
 def _figure_columns(table: WarehouseTable, engine: Engine) -> str:
     key = sql.SQL(key_figure(table, engine))
-    money = "".join(f", {render(cents_sum_sql(sql.Identifier('t', m)))}" for m in table.money)
-    return (
-        f"count(*), COALESCE(sum({render(key)}), 0), "
-        f"COALESCE(sum({render(pk_hash_sql(key))}), 0){money}"
-    )
+    return render(figures_sql(key, list(table.money), alias="t"))
 
 
 def _staged_reached(table: WarehouseTable, stage: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lifecycle_pipelines.archive.stats import ReconStats
+from lifecycle_pipelines.archive.stats import ReconStats, stats_of_row
 from lifecycle_pipelines.warehouse import sql
 from lifecycle_pipelines.warehouse.model import (
     DIM_DATE_COLUMNS,
@@ -176,13 +176,7 @@ class WarehouseTarget:
                 self.schema, table, stage, target_was_empty=False, engine=self.engine
             )
             cur.execute(statement, (bound.key,) if stage is None else (bound.key, bound.key))
-        row = cur.fetchone()
-        return ReconStats(
-            rows=int(row[0]),
-            pk_sum=int(row[1]),
-            pk_hash_sum=int(row[2]),
-            money_cents={m: int(v) for m, v in zip(table.money, row[3:], strict=True)},
-        )
+        return stats_of_row(cur.fetchone(), list(table.money))
 
     def purge(self, cur: Any, table: WarehouseTable, keys: Sequence[Any]) -> None:
         """Delete the rows of these keys (soft-deleted users, rows deleted in the source):
