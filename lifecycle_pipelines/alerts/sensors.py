@@ -114,6 +114,33 @@ def is_invalid_alert(error: BotoCoreError | ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") in INVALID_ALERT_CODES
 
 
+def _publish(
+    context: dg.SensorEvaluationContext,
+    alerts: AlertsResource,
+    run: dg.DagsterRun,
+    found: list[Alert],
+) -> int | None:
+    """Publish one run's alerts: how many were sent, or None when SNS failed and they wait for
+    the next tick. An alert SNS refuses as invalid is logged and passed over."""
+    sent = 0
+    for alert in found:
+        try:
+            alerts.notify(alert.subject, alert.message)
+        except (BotoCoreError, ClientError) as err:
+            if not is_invalid_alert(err):
+                context.log.warning(
+                    f"alerts of run {run.run_id} not published ({type(err).__name__}); they are "
+                    "sent on the next tick"
+                )
+                return None
+            context.log.error(
+                f"an alert of run {run.run_id} was refused by SNS as invalid; it is not sent again"
+            )
+            continue
+        sent += 1
+    return sent
+
+
 def _now(instance: dg.DagsterInstance, event_type: DagsterEventType) -> dict[str, Any]:
     """A status's cursor that starts now: the newest id, the lookback's changes counted done."""
     latest = instance.fetch_run_status_changes(event_type, limit=LOOKBACK_IDS, ascending=False)
@@ -203,22 +230,10 @@ def failure_alerts(context: dg.SensorEvaluationContext, alerts: AlertsResource) 
                 run = instance.get_run_by_id(record.run_id)
                 if run is not None and is_ours(context, run):
                     failed = event_type == DagsterEventType.RUN_FAILURE
-                    for alert in alerts_of_run(instance, run, failed):
-                        try:
-                            alerts.notify(alert.subject, alert.message)
-                        except (BotoCoreError, ClientError) as err:
-                            if not is_invalid_alert(err):
-                                context.log.warning(
-                                    f"alerts of run {run.run_id} not published "
-                                    f"({type(err).__name__}); they are sent on the next tick"
-                                )
-                                return dg.SkipReason(f"{sent} alert(s) sent; SNS failed")
-                            context.log.error(
-                                f"an alert of run {run.run_id} was refused by SNS as invalid; "
-                                "it is not sent again"
-                            )
-                            continue
-                        sent += 1
+                    published = _publish(context, alerts, run, alerts_of_run(instance, run, failed))
+                    if published is None:
+                        return dg.SkipReason(f"{sent} alert(s) sent; SNS failed")
+                    sent += published
                 cursor.mark(event_type, record.storage_id, record.run_id)
                 context.update_cursor(cursor.dump())
                 runs += 1

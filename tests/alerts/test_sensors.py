@@ -80,9 +80,11 @@ DEFS = dg.Definitions(
 )
 
 
-def _run(instance: dg.DagsterInstance, job: str, key: str) -> dg.ExecuteInProcessResult:
+def _run(
+    instance: dg.DagsterInstance, job: str, key: str, tags: dict[str, str] | None = None
+) -> dg.ExecuteInProcessResult:
     return DEFS.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=key, raise_on_error=False
+        instance=instance, partition_key=key, raise_on_error=False, tags=tags
     )
 
 
@@ -163,10 +165,7 @@ def test_a_run_is_alerted_once_whatever_happens_to_it_after_and_says_when_it_is_
         instance.add_run_tags(result.run_id, {"dagster/auto_retry_run_id": "r-2"})
         cursor = _tick(instance, cursor, _alerts())
         assert topic_messages() == []  # a later change to the run is not a new failure
-        DEFS.resolve_job_def("gadgets_job").execute_in_process(
-            instance=instance, partition_key="south", raise_on_error=False,
-            tags={"dagster/will_retry": "true"},
-        )  # fmt: skip
+        _run(instance, "gadgets_job", "south", tags={"dagster/will_retry": "true"})
         _tick(instance, cursor, _alerts())
         [(subject, message)] = topic_messages()
         assert subject == "[lifecycle] run failed: gadgets_job [south]"
