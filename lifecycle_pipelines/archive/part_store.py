@@ -105,37 +105,32 @@ class PartStore:
         """Upload one closed part and read its figures back from the file."""
         key = self.key(shape.table, part.part)
         _, checksum = part.sha256()
-        with part.path.open("rb") as body:
-            response = self.s3.client("s3").put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                StorageClass=self.storage_class,
-                # botocore computes SHA-256 over the bytes it sends and S3 checks it;
-                # verification compares S3's figure with the verified file's digest.
-                # (A precomputed ChecksumSHA256 header would be ignored by moto.)
-                ChecksumAlgorithm="SHA256",
-                ContentType=PARQUET_CONTENT_TYPE,
-                **self.s3.encryption_args(),
-            )
+        response = self._put(part.path, key, self.storage_class)
         self.log.info(
             f"uploaded {self.s3.uri(self.bucket, key)} ({part.rows} rows, "
             f"{part.size_bytes} bytes, {self.storage_class})"
         )
         return StoredPart(part, checksum, response.get("VersionId"), file_figures(part.path, shape))
 
+    def _put(self, path: Path, key: str, storage_class: str) -> dict[str, Any]:
+        """One PutObject of a local file (never multipart: S3's SHA-256 of the object must be
+        the file's own, which verification compares); returns S3's answer."""
+        # SHA-256 whatever the resource's algorithm: botocore computes it over the bytes it
+        # sends and S3 checks it (a precomputed ChecksumSHA256 header would be ignored by moto)
+        args = {
+            **self.s3.object_args(storage_class, PARQUET_CONTENT_TYPE),
+            "ChecksumAlgorithm": "SHA256",
+        }
+        with path.open("rb") as body:
+            response = self.s3.client("s3").put_object(
+                Bucket=self.bucket, Key=key, Body=body, **args
+            )
+        return dict(response)
+
     def upload_keys(self, path: Path, round_number: int) -> tuple[str, str, str | None]:
         """Upload a round's purge-keys object; returns its bucket, key and version."""
         key = keys_object_key(self.policy, self.data_type, self.month.month, round_number)
-        with path.open("rb") as body:
-            response = self.s3.client("s3").put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=body,
-                ChecksumAlgorithm="SHA256",
-                ContentType=PARQUET_CONTENT_TYPE,
-                **self.s3.encryption_args(),
-            )
+        response = self._put(path, key, "STANDARD")
         return self.bucket, key, response.get("VersionId")
 
     def entries(self, tables: list[ArchivedTable]) -> list[manifest.ObjectEntry]:
