@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import pyarrow as pa
@@ -27,6 +28,24 @@ def use_returning_arrow_pool() -> None:
         return
     pa.jemalloc_set_decay_ms(0)
     pa.set_memory_pool(pool)
+
+
+@contextmanager
+def system_arrow_pool() -> Iterator[None]:
+    """Arrow allocates from the C library's malloc inside the block, then from the default it
+    had before (the pool is process-wide; buffers keep the pool they came from, so switching
+    is safe at any time).
+
+    For streaming work that allocates and frees batch-sized buffers at a high rate: an hourly
+    warehouse load of 1M rows took 0.4-0.6 s less wall clock and 0.5-1 CPU-s less of the
+    process's own time (half of it system time: pages the default pool, mimalloc, gives back
+    and faults in again) in four alternating runs (bench/warehouse_load)."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
 
 
 @cache

@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lifecycle_pipelines.archive.columns import read_columns
+from lifecycle_pipelines.archive.memory import return_freed_memory, system_arrow_pool
 from lifecycle_pipelines.archive.purge import ensure_source_schema
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.checks.gx import CheckOutcome
@@ -174,7 +175,16 @@ class HourLoader:
         """Load the changes of `hour` (a UTC hour, on the hour) in one warehouse transaction.
 
         With a `reconcile` check, the hour's figures are checked before the commit and a
-        mismatch rolls the load back (`ReconciliationFailed`): readers never see a wrong hour."""
+        mismatch rolls the load back (`ReconciliationFailed`): readers never see a wrong hour.
+        Arrow allocates from malloc meanwhile (`system_arrow_pool`), and what the hour freed is
+        handed back after it, so a backfill of many hours in one process stays flat."""
+        try:
+            with system_arrow_pool():
+                return self._run(hour)
+        finally:
+            return_freed_memory()
+
+    def _run(self, hour: datetime) -> HourLoad:
         started = time.perf_counter()
         on_the_hour = hour.replace(minute=0, second=0, microsecond=0)
         if hour.utcoffset() != timedelta(0) or hour != on_the_hour:

@@ -433,9 +433,13 @@ def test_an_hour_without_changes_loads_nothing_and_reconciles(
 def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable(
     shop: Any, warehouse: Any, local_stack: Any, own_schema: str, monkeypatch: Any
 ) -> None:
+    pools: list[str] = []
+
     def broken(self: Any, batch: Any) -> Any:
+        pools.append(pa.default_memory_pool().backend_name)
         raise RuntimeError("encoder broke")
 
+    before = pa.default_memory_pool().backend_name
     hour = _busiest_hour(shop)
     with (
         dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
@@ -446,6 +450,9 @@ def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable
         with pytest.raises(RuntimeError, match="encoder broke"):
             loader.run(hour)
         monkeypatch.undo()
+        # the stream allocated from malloc; the failure gave the process its own pool back
+        assert pools == ["system"]
+        assert pa.default_memory_pool().backend_name == before
         assert shop.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone() == (
