@@ -1,6 +1,7 @@
 """PostgreSQL: one table's hour streamed into the warehouse while it is extracted.
 
-The batches are encoded as binary COPY tuples and sent by a writer thread into the target itself
+The batches are encoded as binary COPY tuples and sent by a writer thread (a short queue: the
+encoder waits for the COPY rather than run ahead of it) into the target itself
 (direct and split tables; for a split one only the rows above the bound, the others are spooled
 to a local file and COPYed into the stage after the stream) or into a temporary stage shaped
 like the target. The same batches are written to the staged Parquet by the single worker of a
@@ -19,10 +20,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg.copy import QueuedLibpqWriter
 
 from lifecycle_pipelines.warehouse import sql
 from lifecycle_pipelines.warehouse.binary_copy import HEADER, TRAILER, BinaryCopyEncoder
+from lifecycle_pipelines.warehouse.copy_writer import BoundedQueuedWriter
 from lifecycle_pipelines.warehouse.plan import TableHour
 from lifecycle_pipelines.warehouse.staging import ParquetStage, closing
 
@@ -61,7 +62,7 @@ def stream_table_hour(
             spool = stack.enter_context(tempfile.TemporaryFile(dir=folder))
             spool.write(HEADER)
             bound = item.direct.key
-        with cur.copy(sql.copy_binary(into, columns), writer=QueuedLibpqWriter(cur)) as copy:
+        with cur.copy(sql.copy_binary(into, columns), writer=BoundedQueuedWriter(cur)) as copy:
             copy.write(HEADER)
             with closing(batches) as stream:
                 for batch in stream:
