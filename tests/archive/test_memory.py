@@ -32,3 +32,14 @@ def test_the_system_pool_holds_for_the_block_and_the_previous_default_returns_ev
         raise KeyError("stop")
     assert pa.default_memory_pool().backend_name == before
     assert kept.sum().as_py() == 499500
+
+
+def test_overlapping_blocks_share_the_switch_and_the_last_one_restores_the_default() -> None:
+    before = pa.default_memory_pool().backend_name
+    first, second = system_arrow_pool(), system_arrow_pool()
+    first.__enter__()
+    second.__enter__()  # as two loads on two threads
+    first.__exit__(None, None, None)
+    assert pa.default_memory_pool().backend_name == "system"  # the second still runs
+    second.__exit__(None, None, None)
+    assert pa.default_memory_pool().backend_name == before
