@@ -386,9 +386,12 @@ class HourLoader:
             if item.has_stage:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)
-            target.purge(cur, table, item.removed)  # hard deletes in the source
+            key_type = dict(item.plan.columns)[table.key]
+            hour = (result.hour, result.hour + timedelta(hours=1))
+            target.apply_deletions(cur, table, key_type, hour, item.deletions)
             dates.update(item.dates)
         target.merge_dates(cur, sorted(dates))
+        target.forget_old_deletions(cur, datetime.now(UTC) - DELETIONS_KEPT)
         clock.lap("drop_purge_dates")
 
     def _staged(self, plan: TablePlan, hour: datetime, end: datetime) -> TableHour:
@@ -401,10 +404,10 @@ class HourLoader:
         staged = TableHour(plan, stage=f"stage_{table.name}", deleted=deleted)
         gone = self._source.deleted_keys(table, hour, end)
         if is_user_dimension(table):
-            keys = self._user_keys(pa.array(gone, pa.int64())).to_pylist()
-            staged.removed = [k for k in keys if k is not None]
-        else:
-            staged.removed = gone
+            ids = pa.array([key for key, _ in gone], pa.int64())
+            keys = self._user_keys(ids).to_pylist()
+            gone = [(k, at) for k, (_, at) in zip(keys, gone, strict=True) if k is not None]
+        staged.deletions = list(gone)
         return staged
 
     def _figures_beside_stream(
@@ -449,8 +452,14 @@ class HourLoader:
                 count = pc.sum(gone).as_py() or 0
                 if count:
                     item.excluded += count
-                    purge = keys(batch.filter(gone).column("user_id")).to_pylist()
+                    leaving = batch.filter(gone)
+                    purge = keys(leaving.column("user_id")).to_pylist()
                     item.purge.extend(k for k in purge if k is not None)
+                    # kept in the warehouse: a slower load of an older hour cannot bring it back
+                    versions = leaving.column("updated_at").to_pylist()
+                    item.deletions.extend(
+                        (k, at) for k, at in zip(purge, versions, strict=True) if k is not None
+                    )
                     batch = batch.filter(pc.invert(gone))
             arrays = {name: batch.column(name) for name in batch.schema.names}
             if USER_KEY in table.derived:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -63,7 +64,8 @@ class TableHour:
     excluded: int = 0
     uri: str = ""
     purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
-    removed: list[Any] = field(default_factory=list)  # keys of rows deleted in the source
+    # (key, when) of rows deleted in the source, and of users soft-deleted (dim_users)
+    deletions: list[tuple[Any, datetime]] = field(default_factory=list)
     dates: set[int] = field(default_factory=set)
 
     @property

@@ -147,16 +147,18 @@ class HourSource:
         )
         return pa.array([int(row[0]) for row in self.shop.execute(query).fetchall()], pa.int64())
 
-    def deleted_keys(self, table: WarehouseTable, hour: datetime, end: datetime) -> list[int]:
-        """Keys of the table's source rows deleted in [hour, end), from the tombstones the
-        shop's delete triggers record (`lifecycle_archive.deletions`; archive purges record
-        none)."""
+    def deleted_keys(
+        self, table: WarehouseTable, hour: datetime, end: datetime
+    ) -> list[tuple[int, datetime]]:
+        """(key, when) of the table's source rows deleted in [hour, end), the latest deletion
+        of each key, from the tombstones the shop's delete triggers record
+        (`lifecycle_archive.deletions`; archive purges record none)."""
         rows = self.shop.execute(
-            "SELECT DISTINCT pk FROM lifecycle_archive.deletions WHERE table_name = %s"
-            " AND deleted_at >= %s AND deleted_at < %s",
+            "SELECT pk, max(deleted_at) FROM lifecycle_archive.deletions WHERE table_name = %s"
+            " AND deleted_at >= %s AND deleted_at < %s GROUP BY pk",
             (table.source_table, hour, end),
         ).fetchall()
-        return [int(row[0]) for row in rows]
+        return [(int(row[0]), row[1]) for row in rows]
 
     def forget_old_deletions(self, older_than: datetime) -> int:
         """Drop tombstones older than `older_than` (autocommit); returns how many. A tombstone

@@ -273,3 +273,54 @@ def delete_keys(schema: str, table: str, key: str, count: int) -> str:
     has no `= ANY(%s)`)."""
     values = ", ".join(["%s"] * count)
     return f"DELETE FROM {ident(schema, table)} WHERE {ident(key)} IN ({values})"
+
+
+# -- source deletions kept in the warehouse ----------------------------------------------------
+DELETIONS_TABLE = "source_deletions"
+
+
+def create_deletions(schema: str) -> str:
+    """The deletions every load has seen (tombstones of hard deletes in the source, and the
+    soft deletes of users), kept in the warehouse: a load that commits after a later hour's
+    (its snapshot older than a deletion) still finds them and does not bring a row back."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {ident(schema, DELETIONS_TABLE)} ("
+        "table_name VARCHAR(64) NOT NULL, row_key VARCHAR(64) NOT NULL, "
+        "deleted_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (table_name, row_key, deleted_at))"
+    )
+
+
+def forget_deletions(schema: str) -> str:
+    """Drop one table's deletions of one hour (parameters: table, start, end): a re-run of the
+    hour records them again."""
+    return (
+        f"DELETE FROM {ident(schema, DELETIONS_TABLE)} "
+        "WHERE table_name = %s AND deleted_at >= %s AND deleted_at < %s"
+    )
+
+
+def record_deletion(schema: str) -> str:
+    """One deletion (parameters: table, key as text, deleted_at)."""
+    return (
+        f"INSERT INTO {ident(schema, DELETIONS_TABLE)} (table_name, row_key, deleted_at) "
+        "VALUES (%s, %s, %s)"
+    )
+
+
+def delete_deleted_rows(schema: str, table: WarehouseTable, key_type: str) -> str:
+    """Delete the rows of `table` that a deletion recorded since the hour's start (parameters:
+    table, start) came after: a row whose version is older than the deletion. A row written
+    again after it (a key deleted, then inserted again) is newer and stays. Joined on the
+    deletion's key cast to the key's own type, so the target's key index finds the rows."""
+    target = ident(schema, table.name)
+    newer = f" AND {target}.{ident(table.version)} < d.deleted_at" if table.version else ""
+    return (
+        f"DELETE FROM {target} USING {ident(schema, DELETIONS_TABLE)} d "
+        f"WHERE d.table_name = %s AND d.deleted_at >= %s "
+        f"AND {target}.{ident(table.key)} = CAST(d.row_key AS {key_type}){newer}"
+    )
+
+
+def forget_old_deletions(schema: str) -> str:
+    """Drop the deletions older than the parameter (every load, in its transaction)."""
+    return f"DELETE FROM {ident(schema, DELETIONS_TABLE)} WHERE deleted_at < %s"

@@ -81,6 +81,7 @@ class WarehouseTarget:
                 for name, columns, key in wanted:
                     cur.execute(sql.create_table(self.schema, name, columns, key))
                     added += self._align_columns(cur, name, columns)
+                cur.execute(sql.create_deletions(self.schema))
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -184,6 +185,29 @@ class WarehouseTarget:
         for start in range(0, len(keys), PURGE_CHUNK):
             chunk = tuple(keys[start : start + PURGE_CHUNK])
             cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
+
+    def apply_deletions(
+        self,
+        cur: Any,
+        table: WarehouseTable,
+        key_type: str,
+        hour: tuple[datetime, datetime],
+        deletions: Sequence[tuple[Any, datetime]],
+    ) -> None:
+        """Record the hour's deletions of `table` (key, deleted_at) in the warehouse (replacing
+        what an earlier run of the hour recorded), then delete every row of `table` older than
+        a deletion recorded since the hour's start: this hour's, and those of later hours
+        loaded before this one committed."""
+        start, end = hour
+        cur.execute(sql.forget_deletions(self.schema), (table.name, start, end))
+        rows = sorted({(table.name, str(key), at) for key, at in deletions})
+        if rows:
+            cur.executemany(sql.record_deletion(self.schema), rows)
+        cur.execute(sql.delete_deleted_rows(self.schema, table, key_type), (table.name, start))
+
+    def forget_old_deletions(self, cur: Any, older_than: datetime) -> None:
+        """Drop recorded deletions older than `older_than`."""
+        cur.execute(sql.forget_old_deletions(self.schema), (older_than,))
 
     def merge_dates(self, cur: Any, keys: list[int]) -> None:
         """Add the dim_date rows of the given YYYYMMDD keys (existing ones are rewritten the

@@ -285,11 +285,12 @@ def test_rows_deleted_in_the_source_leave_the_warehouse_but_archive_purges_do_no
     with shop.transaction():  # as the archive purge deletes: archived, so no tombstone
         shop.execute("SELECT set_config('lifecycle.purge', 'on', true)")
         shop.execute("DELETE FROM order_items WHERE order_item_id = %s", (purged,))
-    # the delete happened "now"; date its tombstone into the hour being loaded again
+    # the delete happened "now"; date its tombstone into the hour being loaded again, after
+    # every version of the hour (a deletion follows the row's last change)
     shop.execute(
         "UPDATE lifecycle_archive.deletions SET deleted_at = %s"
         " WHERE table_name = 'order_items' AND pk = %s",
-        (hour + timedelta(minutes=1), deleted),
+        (hour + timedelta(hours=1) - timedelta(microseconds=1), deleted),
     )
 
     reloaded = _load(hour)
