@@ -12,6 +12,7 @@ soft delete already did; a repeat finds what a client wrote since).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import psycopg
@@ -21,6 +22,14 @@ from lifecycle_pipelines.erasure.soft_delete import soft_delete_dynamodb
 from lifecycle_pipelines.erasure.stores import Remaining, StoreResult, Subject
 
 _ORDERS_NOTE = "kept for retention; personal fields and user reference removed"
+CONFLICT_ATTEMPTS = 3  # transactions tried while rows for the subject keep arriving
+log = logging.getLogger(__name__)
+
+
+class ShopEraseConflict(RuntimeError):
+    """A constraint stopped the shop's erasure (a row for the subject written meanwhile, say);
+    the transaction was rolled back. The message names the table and the SQLSTATE only: the
+    database's own message can quote the row, the subject's id among it."""
 
 
 class PostgresEraser:
@@ -32,24 +41,49 @@ class PostgresEraser:
         self.shop = shop
 
     def erase(self, subject: Subject, *, dry_run: bool) -> list[StoreResult]:
-        """Delete or anonymise every row of the subject; a dry run rolls everything back."""
+        """Delete or anonymise every row of the subject; a dry run rolls everything back.
+
+        A row for the subject committed between two statements (an activity event, say) makes
+        the user's DELETE violate a foreign key: the transaction is rolled back and run again,
+        up to `CONFLICT_ATTEMPTS` times, then `ShopEraseConflict` is raised."""
         user = int(subject.subject_id)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                with self.shop.transaction(force_rollback=dry_run):
+                    return self._erase_in_transaction(user, dry_run=dry_run)
+            except psycopg.errors.IntegrityError as err:
+                if attempt < CONFLICT_ATTEMPTS and isinstance(
+                    err, psycopg.errors.ForeignKeyViolation
+                ):
+                    log.warning(
+                        "shop erasure: a row for the subject was written meanwhile "
+                        "(attempt %d of %d); erasing again",
+                        attempt,
+                        CONFLICT_ATTEMPTS,
+                    )
+                    continue
+                raise ShopEraseConflict(
+                    f"postgres.{err.diag.table_name or '?'}: {type(err).__name__} (SQLSTATE "
+                    f"{err.sqlstate}) while erasing; nothing changed in the shop"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _erase_in_transaction(self, user: int, *, dry_run: bool) -> list[StoreResult]:
         results = []
-        with self.shop.transaction(force_rollback=dry_run):
-            for store, statement in (
-                ("postgres.user_activity", "DELETE FROM user_activity WHERE user_id = %s"),
-                (
-                    "postgres.orders",
-                    "UPDATE orders SET user_id = NULL, shipping_name = NULL,"
-                    " shipping_line1 = NULL, shipping_line2 = NULL, shipping_city = NULL,"
-                    " shipping_postal_code = NULL, shipping_phone = NULL WHERE user_id = %s",
-                ),
-                ("postgres.addresses", "DELETE FROM addresses WHERE user_id = %s"),
-                ("postgres.users", "DELETE FROM users WHERE user_id = %s"),
-            ):
-                changed = self.shop.execute(statement, (user,)).rowcount
-                note = _ORDERS_NOTE if store == "postgres.orders" else ""
-                results.append(StoreResult(store, changed, 0 if dry_run else changed, note))
+        for store, statement in (
+            ("postgres.user_activity", "DELETE FROM user_activity WHERE user_id = %s"),
+            (
+                "postgres.orders",
+                "UPDATE orders SET user_id = NULL, shipping_name = NULL,"
+                " shipping_line1 = NULL, shipping_line2 = NULL, shipping_city = NULL,"
+                " shipping_postal_code = NULL, shipping_phone = NULL WHERE user_id = %s",
+            ),
+            ("postgres.addresses", "DELETE FROM addresses WHERE user_id = %s"),
+            ("postgres.users", "DELETE FROM users WHERE user_id = %s"),
+        ):
+            changed = self.shop.execute(statement, (user,)).rowcount
+            note = _ORDERS_NOTE if store == "postgres.orders" else ""
+            results.append(StoreResult(store, changed, 0 if dry_run else changed, note))
         return results
 
     def remaining(self, subject: Subject) -> list[Remaining]:

@@ -109,10 +109,11 @@ def record_store(
 
 
 def mark_soft_deleted(control: psycopg.Connection[Any], request_id: int) -> None:
-    """Move a real request to soft_deleted once every store is done."""
+    """Move a real request to soft_deleted once every store is done (from `received`, or from
+    `no_data_found` when stores other than the shop held data about the subject)."""
     control.execute(
         "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now(),"
         " soft_deleted_at = now()"
-        " WHERE request_id = %s AND state = 'received'",
+        " WHERE request_id = %s AND state IN ('received', 'no_data_found')",
         (request_id,),
     )

@@ -39,7 +39,10 @@ erasure_rewrites_job, erasure_rewrites_daily = asset_schedule(
 SOFT_DELETE_RETRY_AFTER = timedelta(minutes=15)
 _PENDING_REQUESTS = """
 SELECT r.request_id FROM lifecycle.erasure_requests r
- WHERE r.merged_into IS NULL AND r.state = 'received'
+ WHERE r.merged_into IS NULL
+   AND (r.state = 'received'
+        OR (r.state = 'no_data_found' AND NOT r.dry_run AND NOT EXISTS (
+            SELECT 1 FROM lifecycle.erasure_certificates c WHERE c.request_id = r.request_id)))
    AND NOT (r.dry_run AND EXISTS (
        SELECT 1 FROM lifecycle.erasure_ledger l
         WHERE l.request_id = r.request_id AND l.store <> 'intake'))
@@ -84,8 +87,9 @@ def _soft_delete_run_request(
 def erasure_request_sensor(
     context: dg.SensorEvaluationContext, control_db: PostgresResource
 ) -> dg.SensorResult | dg.SkipReason:
-    """Every request still `received` is considered on every tick, rather than the ids above a
-    cursor: a request whose insert commits after a later one's is not skipped, and one whose
+    """Every request still `received`, or `no_data_found` without its certificate (the other
+    stores must confirm, or be erased), is considered on every tick, rather than the ids above
+    a cursor: a request whose insert commits after a later one's is not skipped, and one whose
     soft delete failed is retried."""
     with control_db.connect(autocommit=True) as conn:
         ensure_control_schema(conn)

@@ -270,6 +270,8 @@ def test_grace_period_and_legal_hold_defer_the_hard_delete(
     assert held.success
     metadata = held.asset_materializations_for_node("erasure_hard_delete")[0].metadata
     assert metadata["state"].value == "held"
+    (absent,) = held.get_asset_check_evaluations()  # nothing erased: nothing proven
+    assert not absent.passed and absent.severity == dg.AssetCheckSeverity.WARN
     summary = cast(str, metadata["summary"].value)
     assert f"hold {hold} on subject" in summary  # the hold by id: its reason is free text
     assert "litigation LIT-7" not in summary and "tax audit" not in summary

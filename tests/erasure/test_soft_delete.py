@@ -12,7 +12,8 @@ import pytest
 from boto3.dynamodb.conditions import Key
 
 from lifecycle_pipelines.assets.erasure import erasure_soft_delete
-from lifecycle_pipelines.erasure.requests import submit
+from lifecycle_pipelines.erasure import certificate
+from lifecycle_pipelines.erasure.requests import status, submit
 from lifecycle_pipelines.schedules import erasure as erasure_schedules
 from lifecycle_pipelines.schedules.erasure import erasure_request_sensor
 from tests.erasure.conftest import dynamodb_items_of, erasure_resources, put_back, run_request
@@ -179,3 +180,33 @@ def test_what_a_store_changed_is_in_the_ledger_even_when_a_later_store_fails(
         (request.request_id,),
     ).fetchone()
     assert state == ("soft_deleted",)
+
+
+def test_a_subject_unknown_to_the_shop_is_launched_and_erased_where_other_stores_hold_data(
+    shop: Any, control: Any
+) -> None:
+    """The shop row went outside this pipeline; DynamoDB still holds the subject's preferences.
+    The sensor launches the request (recorded `no_data_found` at intake) and the soft delete
+    erases the preferences and moves the request on towards its hard delete and certificate."""
+    preferences = boto3.resource("dynamodb").Table("UserPreferences")
+    preferences.put_item(Item={"userId": "987650002", "language": "de"})
+    request = submit(control, shop, "987650002", "dpo@shop.example")
+    assert request.state == "no_data_found"
+    key = str(request.request_id)
+    assert _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))[key] == f"erasure-{key}"
+    _run(request.request_id)
+    assert "Item" not in preferences.get_item(Key={"userId": "987650002"})
+    after = status(control, request.request_id)
+    assert after is not None and after.state == "soft_deleted"
+    assert key not in _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))
+
+
+def test_an_unknown_subject_is_launched_until_its_no_data_found_certificate_exists(
+    shop: Any, control: Any
+) -> None:
+    request = submit(control, shop, "987650003", "dpo@shop.example")
+    key = str(request.request_id)
+    assert key in _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))
+    _run(request.request_id)
+    assert certificate.get(control, request.request_id) is not None
+    assert key not in _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))

@@ -3,21 +3,24 @@ sensor); masks the subject in PostgreSQL and removes their DynamoDB items at onc
 
 A dry-run request changes nothing: it reports what the soft delete and the later hard delete
 would find and change in every store (the same plan a real request follows). A request for a
-subject the shop does not know completes with a 'no data found' certificate, after every store
-confirmed it holds nothing.
+subject the shop does not know (`no_data_found` at intake; the request sensor launches it too)
+completes with a 'no data found' certificate once every store confirmed it holds nothing. When
+another store does hold data about the subject (their shop row was deleted outside this
+pipeline, say), the subject is erased there like any other: soft delete now, hard delete and
+its certificate after the grace period.
 """
 
 from functools import partial
 
 import dagster as dg
 
-from lifecycle_pipelines.assets.erasure.erasers import open_stores
+from lifecycle_pipelines.assets.erasure.erasers import ErasureStores, open_stores
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.hard_delete import hard_delete
-from lifecycle_pipelines.erasure.requests import status
+from lifecycle_pipelines.erasure.requests import ErasureRequest, status
 from lifecycle_pipelines.erasure.soft_delete import mark_soft_deleted, record_store
-from lifecycle_pipelines.erasure.stores import StoreResult, results_table
+from lifecycle_pipelines.erasure.stores import StoreResult, Subject, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
 from lifecycle_pipelines.resources.search import SearchResource
@@ -47,7 +50,8 @@ def _metadata(
         "Soft delete of one erasure request's subject: user marked deleted and personal fields "
         "masked in PostgreSQL, sessions and preferences removed from DynamoDB, each store's "
         "counts in the erasure ledger. A dry run changes nothing and reports the soft and hard "
-        "delete plan; an unknown subject gets a 'no data found' certificate."
+        "delete plan; a subject unknown to the shop gets a 'no data found' certificate, or is "
+        "erased like any other where other stores hold data about them."
     ),
 )
 def erasure_soft_delete(
@@ -88,9 +92,17 @@ def erasure_soft_delete(
         if request.state == "no_data_found":
             erasers = stores.erasers(request)
             remaining = [r for e in erasers for r in e.remaining(subject)]
+            held = [r for r in remaining if r.count]
+            if held and not request.dry_run:
+                context.log.warning(
+                    f"erasure request {request_id}: the shop does not know the subject, but "
+                    f"{', '.join(f'{r.store} ({r.count})' for r in held)} hold data about them: "
+                    "erasing it like any other subject's"
+                )
+                return _soft_delete(context, stores, request, subject)
             found = [StoreResult(r.store, r.count, 0, r.note) for r in remaining]
             cert = None
-            if not any(r.count for r in remaining) and not request.dry_run:
+            if not held and not request.dry_run:
                 cert = stores.issue_certificate(
                     certificate.certificate_document(
                         control,
@@ -104,35 +116,36 @@ def erasure_soft_delete(
             if cert is not None:
                 metadata["certificate_uri"] = dg.MetadataValue.url(cert.uri)
                 metadata["certificate_sha256"] = dg.MetadataValue.text(cert.sha256)
-            elif not request.dry_run:
-                context.log.warning(
-                    f"erasure request {request_id}: the shop does not know the subject but "
-                    "other stores hold data about them; no certificate issued"
-                )
-                metadata["note"] = dg.MetadataValue.text(
-                    "unknown to the shop, yet other stores hold data (see summary): not "
-                    "certified; investigate before erasing"
-                )
             return dg.MaterializeResult(metadata=metadata)
-        results = stores.soft_delete(
-            request,
-            dry_run=request.dry_run,
-            on_store=partial(record_store, control, request_id, dry_run=request.dry_run),
-        )
-        if not request.dry_run:
-            mark_soft_deleted(control, request_id)
-        metadata = _metadata(request_id, results, request.dry_run, request.state)
-        if request.dry_run:
-            plan = hard_delete(
-                control,
-                request,
-                subject,
-                stores.erasers(request),
-                issue_certificate=stores.issue_certificate,
-            )
-            metadata["hard_delete_plan"] = dg.MetadataValue.md(results_table(plan.results))
-            metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
-        final = status(control, request_id)
+        return _soft_delete(context, stores, request, subject)
+
+
+def _soft_delete(
+    context: dg.AssetExecutionContext,
+    stores: ErasureStores,
+    request: ErasureRequest,
+    subject: Subject,
+) -> dg.MaterializeResult:
+    """Soft delete the request's subject in every store (called with the stores open), record
+    each store in the ledger and move a real request to soft_deleted; a dry run reports the
+    hard delete's plan too."""
+    request_id, control = request.request_id, stores.control
+    results = stores.soft_delete(
+        request,
+        dry_run=request.dry_run,
+        on_store=partial(record_store, control, request_id, dry_run=request.dry_run),
+    )
+    if not request.dry_run:
+        mark_soft_deleted(control, request_id)
+    metadata = _metadata(request_id, results, request.dry_run, request.state)
+    if request.dry_run:
+        plan = hard_delete(
+            control, request, subject, stores.erasers(request),
+            issue_certificate=stores.issue_certificate,
+        )  # fmt: skip
+        metadata["hard_delete_plan"] = dg.MetadataValue.md(results_table(plan.results))
+        metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
+    final = status(control, request_id)
     context.log.info(f"erasure request {request_id}: soft delete done ({len(results)} stores)")
     metadata["state"] = dg.MetadataValue.text(final.state if final else "?")
     return dg.MaterializeResult(metadata=metadata)
