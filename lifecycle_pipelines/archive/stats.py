@@ -50,6 +50,17 @@ class ReconStats:
         named.update({f"cents_{name}": cents for name, cents in self.money_cents.items()})
         return named
 
+    def plus(self, other: ReconStats) -> ReconStats:
+        """The figures of both sets of rows together."""
+        money = {m: self.money_cents.get(m, 0) + other.money_cents.get(m, 0) for m in
+                 {**self.money_cents, **other.money_cents}}  # fmt: skip
+        return ReconStats(
+            rows=self.rows + other.rows,
+            pk_sum=self.pk_sum + other.pk_sum,
+            pk_hash_sum=self.pk_hash_sum + other.pk_hash_sum,
+            money_cents=money,
+        )
+
     def money_text(self) -> dict[str, str]:
         """Money sums as decimal text (for metadata and the manifest)."""
         return {name: str(Decimal(cents).scaleb(-2)) for name, cents in self.money_cents.items()}

@@ -208,6 +208,22 @@ def figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> s
     )
 
 
+def superseded_figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> str:
+    """The figures of the staged rows the warehouse already holds in a newer version, from the
+    stage (both engines; run before the MERGE, as Redshift's `drop_older` removes them): a
+    load of an hour whose snapshot was taken before a row changed again, when the later hour
+    committed first. Such rows are rightly not written; with these figures the hour still
+    accounts for every source row. Only for a table with a version column."""
+    if not table.version:
+        raise ValueError(f"{table.name}: no version column")
+    key, version = ident(table.key), ident(table.version)
+    return (
+        f"SELECT {_figure_columns(table, engine)} FROM {ident(stage)} t WHERE EXISTS "
+        f"(SELECT 1 FROM {ident(schema, table.name)} w "
+        f"WHERE w.{key} = t.{key} AND w.{version} > t.{version})"
+    )
+
+
 def figures_split(
     schema: str,
     table: WarehouseTable,

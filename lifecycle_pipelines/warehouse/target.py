@@ -179,6 +179,14 @@ class WarehouseTarget:
             cur.execute(statement, (bound.key,) if stage is None else (bound.key, bound.key))
         return stats_of_row(cur.fetchone(), list(table.money))
 
+    def superseded(self, cur: Any, table: WarehouseTable, stage: str) -> ReconStats | None:
+        """The figures of the staged rows the warehouse holds in a newer version
+        (`sql.superseded_figures`), or None for a table without a version column."""
+        if not table.version:
+            return None
+        cur.execute(sql.superseded_figures(self.schema, table, stage, self.engine))
+        return stats_of_row(cur.fetchone(), list(table.money))
+
     def purge(self, cur: Any, table: WarehouseTable, keys: Sequence[Any]) -> None:
         """Delete the rows of these keys (soft-deleted users, rows deleted in the source):
         bound keys, in chunks."""

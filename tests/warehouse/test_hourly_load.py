@@ -383,7 +383,20 @@ def test_redshift_loads_with_copy_from_s3_and_merge_in_one_transaction(shop: Any
         '"stage_fact_orders"."updated_at" < t."updated_at"'
     )
     assert load.index(copy) < drop < load.index(merge)
-    figures = next(s for s in load if s.startswith("SELECT count(*)") and "fact_orders" in s)
+    # the staged rows the warehouse holds newer are counted from the stage, before drop_older
+    superseded = next(
+        s for s in load if s.startswith("SELECT count(*)") and ' "stage_fact_orders" t ' in s
+    )
+    assert superseded.endswith(
+        'FROM "stage_fact_orders" t WHERE EXISTS (SELECT 1 FROM "analytics"."fact_orders" w '
+        'WHERE w."order_id" = t."order_id" AND w."updated_at" > t."updated_at")'
+    )
+    assert load.index(copy) < load.index(superseded) < drop
+    figures = next(
+        s
+        for s in load
+        if s.startswith("SELECT count(*)") and 'FROM "analytics"."fact_orders" t' in s
+    )
     assert figures.startswith('SELECT count(*), COALESCE(sum("t"."order_id"), 0), COALESCE(sum(')
     assert figures.endswith(
         ', COALESCE((sum("t"."subtotal") * 100)::bigint, 0), '

@@ -1,6 +1,7 @@
-"""Hard deletes in the source reach the warehouse by version and whatever order hours commit
-in: a key deleted then inserted again stays, and a row deleted while an older hour was being
-loaded does not come back when that load commits after the deletion's own hour."""
+"""Hours whose loads interleave, or load in either order: hard deletes reach the warehouse by
+version (a key deleted then inserted again stays), a row deleted while an older hour was being
+loaded does not come back when that load commits after the deletion's own hour, and a row
+changed meanwhile keeps its newer version while the older hour still reconciles."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from lifecycle_pipelines.warehouse.quality import check_hour
 from lifecycle_pipelines.warehouse.routing import Routing
 from tests.conftest import private_shop
 
-SHOP = "shop_warehouse_deletions"
+SHOP = "shop_warehouse_interleaved"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def s3() -> Iterator[Any]:
 
 @pytest.fixture
 def schema(local_stack: Any, request: Any) -> Iterator[str]:
-    name = f"deletions_{request.node.name[5:30]}"
+    name = f"interleaved_{request.node.name[5:30]}"
 
     def drop() -> None:
         with psycopg.connect(local_stack[0].app_conninfo("warehouse"), autocommit=True) as wh:
@@ -147,3 +148,42 @@ def test_a_row_deleted_while_an_older_hour_loads_does_not_come_back(
     loaded = next(t for t in load.tables if t.table.name == "fact_order_items")
     assert (loaded.rows,) == items_of_h1  # H1's snapshot still had K, and loaded it
     assert not _held(stack, schema, item)  # but H2's deletion, kept in the warehouse, applied
+
+
+def test_a_row_changed_while_an_older_hour_loads_keeps_its_newer_version_and_both_reconcile(
+    local_stack: Any, shop_db: str, s3: Any, monkeypatch: Any, schema: str
+) -> None:
+    """As above with an UPDATE: H2 writes K's newer version first; H1's MERGE rightly keeps
+    it, and H1's figures count K from its stage (superseded), so H1 reconciles too."""
+    stack = local_stack[0]
+    with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as shop:
+        ensure_source_schema(shop)
+        item, h1 = _item_and_hour(shop, 600)
+    h2 = h1 + timedelta(hours=1)
+    route = Routing.direct_tables
+    interleaved: list[bool] = []
+
+    def changed_meanwhile(self: Routing, cur: Any, plans: Any) -> Any:
+        if not interleaved:
+            interleaved.append(True)
+            with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
+                other.execute("ALTER TABLE order_items DISABLE TRIGGER order_items_set_updated_at")
+                other.execute(
+                    "UPDATE order_items SET quantity = quantity + 1, updated_at = %s"
+                    " WHERE order_item_id = %s",
+                    (h2 + timedelta(minutes=5), item),
+                )
+                other.execute("ALTER TABLE order_items ENABLE TRIGGER order_items_set_updated_at")
+            _load(stack, shop_db, s3, schema, h2)
+        return route(self, cur, plans)
+
+    monkeypatch.setattr(Routing, "direct_tables", changed_meanwhile)
+    _load(stack, shop_db, s3, schema, h1)  # reconciles (`_load` asserts it)
+    with (
+        psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as shop,
+        psycopg.connect(stack.app_conninfo("warehouse"), autocommit=True) as wh,
+    ):
+        query = "SELECT quantity, updated_at FROM {} WHERE order_item_id = %s"
+        source = shop.execute(query.format("order_items"), (item,)).fetchone()
+        held = wh.execute(query.format(f'"{schema}".fact_order_items'), (item,)).fetchone()
+    assert held == source  # the newer version
