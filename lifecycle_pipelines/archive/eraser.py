@@ -222,13 +222,7 @@ class ArchiveEraser:
         ]
         rewritten_objects = rewritten_rows = 0
         if not dry_run:
-            for obj in objects:
-                self.control.execute(
-                    "INSERT INTO lifecycle.erasure_rewrites (request_id, object_id, subject_id,"
-                    " decision, state) VALUES (%s, %s, %s, %s, 'pending')"
-                    " ON CONFLICT (request_id, object_id) DO NOTHING",
-                    (self.request_id, obj.object_id, subject.subject_id, decisions[obj.object_id]),
-                )
+            record_rewrite_plan(self.control, self.request_id, subject.subject_id, decisions)
             for obj in objects:
                 if decisions[obj.object_id] == "rewrite_now":
                     rewritten_rows += finish_rewrite(self.control, self.s3, obj)
@@ -267,6 +261,23 @@ class ArchiveEraser:
             Remaining("archive.subject_key", self._live_keys(subject.subject_id)),
             Remaining("archive.objects.rewrite_now", int(pending[0]) if pending else 0),
         ]
+
+
+def record_rewrite_plan(
+    conn: psycopg.Connection[Any], request_id: int, subject_id: str, decisions: dict[int, str]
+) -> None:
+    """Record each object's decision for the request. A plan still pending takes today's
+    decision: a `rewrite_now` whose rewrite failed while the object was readable becomes
+    `with_next_restore` once the restored copy has expired (else the request would wait for a
+    rewrite nothing can do); a finished one is kept."""
+    for object_id, decision in decisions.items():
+        conn.execute(
+            "INSERT INTO lifecycle.erasure_rewrites (request_id, object_id, subject_id,"
+            " decision, state) VALUES (%s, %s, %s, %s, 'pending')"
+            " ON CONFLICT (request_id, object_id) DO UPDATE SET decision = EXCLUDED.decision"
+            " WHERE lifecycle.erasure_rewrites.state = 'pending'",
+            (request_id, object_id, subject_id, decision),
+        )
 
 
 def finish_rewrite(conn: psycopg.Connection[Any], s3: S3Resource, obj: ListedObject) -> int:

@@ -9,7 +9,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lifecycle_pipelines.archive.eraser import rewrite_pending
+from lifecycle_pipelines.archive.eraser import record_rewrite_plan, rewrite_pending
 from lifecycle_pipelines.archive.restore_test import restore_progress
 from tests.erasure.conftest import erasure_resources
 
@@ -99,3 +99,46 @@ def test_a_rewrite_waits_until_the_restore_test_has_checked_the_object(control: 
             control.execute(
                 "DELETE FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
             )
+
+
+def test_a_pending_plan_takes_todays_decision_and_a_finished_one_is_kept(control: Any) -> None:
+    """A rewrite planned `rewrite_now` that failed while the object was readable is planned
+    again for its next restore once the copy expired; nothing waits for an impossible rewrite."""
+    control.execute(
+        "INSERT INTO lifecycle.archive_partitions (data_type, partition_month, state,"
+        " snapshot_at, source_rows) VALUES ('replan_test', '2020-02-01', 'purged', now(), 2)"
+    )
+    objects = [
+        control.execute(
+            "INSERT INTO lifecycle.archive_objects (data_type, partition_month, table_name,"
+            " part, bucket, object_key, version_id, storage_class, row_count, size_bytes,"
+            " sha256, pk_sum, pk_hash_sum, state) VALUES ('replan_test', '2020-02-01',"
+            " 'orders', %s, 'b', %s, 'v', 'GLACIER', 2, 1, 'x', 3, 3, 'purged')"
+            " RETURNING object_id",
+            (part, f"replan-{part}.parquet"),
+        ).fetchone()[0]
+        for part in (0, 1)
+    ]
+    request_id = control.execute(
+        "INSERT INTO lifecycle.erasure_requests (subject_id, requested_by, state)"
+        " VALUES ('987654322', 'privacy-team', 'soft_deleted') RETURNING request_id"
+    ).fetchone()[0]
+    plans = "SELECT object_id, decision, state FROM lifecycle.erasure_rewrites WHERE request_id = %s ORDER BY object_id"
+    try:
+        record_rewrite_plan(control, request_id, "7", dict.fromkeys(objects, "rewrite_now"))
+        control.execute(  # the first object's rewrite finished, the second one's failed
+            "UPDATE lifecycle.erasure_rewrites SET state = 'done' WHERE object_id = %s",
+            (objects[0],),
+        )
+        record_rewrite_plan(control, request_id, "7", dict.fromkeys(objects, "with_next_restore"))
+        assert control.execute(plans, (request_id,)).fetchall() == [
+            (objects[0], "rewrite_now", "done"),
+            (objects[1], "with_next_restore", "pending"),
+        ]
+    finally:
+        control.execute(
+            "DELETE FROM lifecycle.erasure_rewrites WHERE request_id = %s", (request_id,)
+        )
+        control.execute(
+            "DELETE FROM lifecycle.erasure_requests WHERE request_id = %s", (request_id,)
+        )
