@@ -5,7 +5,7 @@ changed meanwhile keeps its newer version while the older hour still reconciles.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,6 +86,21 @@ def _date_tombstone(shop: Any, item: int, at: datetime) -> None:
     )
 
 
+def _when_the_first_snapshot_is_open(monkeypatch: Any, meanwhile: Callable[[], None]) -> None:
+    """Run `meanwhile` once, when the next load has its source snapshot (before its routing
+    and its locks)."""
+    route = Routing.direct_tables
+    done: list[bool] = []
+
+    def routed(self: Routing, cur: Any, plans: Any) -> Any:
+        if not done:
+            done.append(True)
+            meanwhile()
+        return route(self, cur, plans)
+
+    monkeypatch.setattr(Routing, "direct_tables", routed)
+
+
 def test_a_key_deleted_then_inserted_again_stays_whichever_hour_loads_last(
     local_stack: Any, shop_db: str, s3: Any, schema: str
 ) -> None:
@@ -124,20 +139,15 @@ def test_a_row_deleted_while_an_older_hour_loads_does_not_come_back(
         ensure_source_schema(shop)
         item, h1 = _item_and_hour(shop, 200)
     h2 = h1 + timedelta(hours=1)
-    route = Routing.direct_tables
     later: list[HourLoad] = []
-    interleaved: list[bool] = []
 
-    def deleted_meanwhile(self: Routing, cur: Any, plans: Any) -> Any:
-        if not interleaved:  # H1's snapshot is open: delete K, load its hour, go on with H1
-            interleaved.append(True)
-            with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
-                other.execute("DELETE FROM order_items WHERE order_item_id = %s", (item,))
-                _date_tombstone(other, item, h2 + timedelta(minutes=5))
-            later.append(_load(stack, shop_db, s3, schema, h2))
-        return route(self, cur, plans)
+    def deleted_and_its_hour_loaded() -> None:
+        with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
+            other.execute("DELETE FROM order_items WHERE order_item_id = %s", (item,))
+            _date_tombstone(other, item, h2 + timedelta(minutes=5))
+        later.append(_load(stack, shop_db, s3, schema, h2))
 
-    monkeypatch.setattr(Routing, "direct_tables", deleted_meanwhile)
+    _when_the_first_snapshot_is_open(monkeypatch, deleted_and_its_hour_loaded)
     with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as shop:
         items_of_h1 = shop.execute(
             "SELECT count(*) FROM order_items WHERE updated_at >= %s AND updated_at < %s",
@@ -160,24 +170,19 @@ def test_a_row_changed_while_an_older_hour_loads_keeps_its_newer_version_and_bot
         ensure_source_schema(shop)
         item, h1 = _item_and_hour(shop, 600)
     h2 = h1 + timedelta(hours=1)
-    route = Routing.direct_tables
-    interleaved: list[bool] = []
 
-    def changed_meanwhile(self: Routing, cur: Any, plans: Any) -> Any:
-        if not interleaved:
-            interleaved.append(True)
-            with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
-                other.execute("ALTER TABLE order_items DISABLE TRIGGER order_items_set_updated_at")
-                other.execute(
-                    "UPDATE order_items SET quantity = quantity + 1, updated_at = %s"
-                    " WHERE order_item_id = %s",
-                    (h2 + timedelta(minutes=5), item),
-                )
-                other.execute("ALTER TABLE order_items ENABLE TRIGGER order_items_set_updated_at")
-            _load(stack, shop_db, s3, schema, h2)
-        return route(self, cur, plans)
+    def changed_and_its_hour_loaded() -> None:
+        with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
+            other.execute("ALTER TABLE order_items DISABLE TRIGGER order_items_set_updated_at")
+            other.execute(
+                "UPDATE order_items SET quantity = quantity + 1, updated_at = %s"
+                " WHERE order_item_id = %s",
+                (h2 + timedelta(minutes=5), item),
+            )
+            other.execute("ALTER TABLE order_items ENABLE TRIGGER order_items_set_updated_at")
+        _load(stack, shop_db, s3, schema, h2)
 
-    monkeypatch.setattr(Routing, "direct_tables", changed_meanwhile)
+    _when_the_first_snapshot_is_open(monkeypatch, changed_and_its_hour_loaded)
     _load(stack, shop_db, s3, schema, h1)  # reconciles (`_load` asserts it)
     with (
         psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as shop,
