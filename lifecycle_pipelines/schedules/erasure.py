@@ -46,8 +46,9 @@ SELECT r.request_id FROM lifecycle.erasure_requests r
    AND NOT (r.dry_run AND EXISTS (
        SELECT 1 FROM lifecycle.erasure_ledger l
         WHERE l.request_id = r.request_id AND l.store <> 'intake'))
- ORDER BY r.request_id LIMIT 100
+ ORDER BY r.request_id <= %(after)s, r.request_id LIMIT %(page)s
 """
+PENDING_PAGE = 100  # requests considered per tick; the page turns, so none is starved
 
 
 def _soft_delete_run_request(
@@ -90,11 +91,16 @@ def erasure_request_sensor(
     """Every request still `received`, or `no_data_found` without its certificate (the other
     stores must confirm, or be erased), is considered on every tick, rather than the ids above
     a cursor: a request whose insert commits after a later one's is not skipped, and one whose
-    soft delete failed is retried."""
+    soft delete failed is retried. A tick reads at most `PENDING_PAGE` of them, those after
+    the last one the previous tick read first (the cursor), wrapping around: many requests
+    whose runs keep failing cannot starve a newer one."""
+    cursor = context.cursor or ""
+    after = int(cursor) if cursor.isdigit() else 0
     with control_db.connect(autocommit=True) as conn:
         ensure_control_schema(conn)
-        rows = conn.execute(_PENDING_REQUESTS).fetchall()
+        rows = conn.execute(_PENDING_REQUESTS, {"after": after, "page": PENDING_PAGE}).fetchall()
     keys = [str(r[0]) for r in rows]
+    context.update_cursor(keys[-1] if len(keys) == PENDING_PAGE else "0")
     known = set(context.instance.get_dynamic_partitions(str(ERASURE_PARTITIONS.name)))
     new = [k for k in keys if k not in known]
     now = datetime.now(UTC)

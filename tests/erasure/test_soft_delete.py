@@ -210,3 +210,23 @@ def test_an_unknown_subject_is_launched_until_its_no_data_found_certificate_exis
     _run(request.request_id)
     assert certificate.get(control, request.request_id) is not None
     assert key not in _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))
+
+
+def test_the_sensor_turns_its_page_so_requests_that_keep_failing_starve_no_other(
+    shop: Any, control: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(erasure_schedules, "PENDING_PAGE", 2)
+    mine = [submit(control, shop, str(n), "dpo@shop.example", dry_run=True) for n in (11, 12, 13)]
+    # an upper bound of the requests waiting (other tests' among them)
+    waiting = control.execute("SELECT count(*) FROM lifecycle.erasure_requests").fetchone()[0]
+    instance, cursor, seen = dg.DagsterInstance.ephemeral(), None, set()
+    resources = {"control_db": erasure_resources()["control_db"]}
+    for _ in range(waiting // 2 + 2):  # every page once, and one more to wrap around
+        with dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=cursor
+        ) as context:
+            result = erasure_request_sensor(context)
+            assert isinstance(result, dg.SensorResult | dg.SkipReason)
+            seen |= set(_requested(result))
+            cursor = context.cursor
+    assert {str(r.request_id) for r in mine} <= seen  # the newest included: not starved
