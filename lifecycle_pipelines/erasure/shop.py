@@ -69,6 +69,10 @@ class PostgresEraser:
         raise AssertionError("unreachable")
 
     def _erase_in_transaction(self, user: int, *, dry_run: bool) -> list[StoreResult]:
+        # No deletion tombstone for the warehouse (as the archive purge): the warehouse's own
+        # eraser removes the subject there, and a tombstone would put their pseudonymous key
+        # back among the warehouse's recorded deletions after the certificate.
+        self.shop.execute("SELECT set_config('lifecycle.purge', 'on', true)")
         results = []
         for store, statement in (
             ("postgres.user_activity", "DELETE FROM user_activity WHERE user_id = %s"),

@@ -74,6 +74,7 @@ class WarehouseEraser:
             for table, statement in (
                 (DIM_USERS.name, sql.delete_matching),
                 (FACT_ORDERS.name, sql.null_matching),
+                (sql.DELETIONS_TABLE, sql.delete_matching),
             ):
                 store = f"{self.name}.{table}"
                 if table not in present:
@@ -82,7 +83,7 @@ class WarehouseEraser:
                 found = self._count(cur, table, key)
                 changed = 0
                 if found and not dry_run:
-                    cur.execute(statement(self.schema, table, USER_KEY.name), (key,))
+                    cur.execute(statement(self.schema, table, _KEY_COLUMN[table]), (key,))
                     rowcount = getattr(cur, "rowcount", None)
                     changed = found if rowcount is None or rowcount < 0 else int(rowcount)
                 results.append(StoreResult(store, found, changed))
@@ -97,7 +98,8 @@ class WarehouseEraser:
         return results
 
     def remaining(self, subject: Subject) -> list[Remaining]:
-        """Rows of dim_users and fact_orders still carrying the subject's user key."""
+        """Rows of dim_users, fact_orders and the loads' recorded deletions (a soft-deleted
+        user's key) still carrying the subject's user key."""
         key = _checked_key(subject)
 
         def work(cur: Any) -> list[Remaining]:
@@ -106,19 +108,18 @@ class WarehouseEraser:
                 Remaining(f"{self.name}.{table}", self._count(cur, table, key))
                 if table in present
                 else Remaining(f"{self.name}.{table}", 0, _NOT_LOADED)
-                for table in (DIM_USERS.name, FACT_ORDERS.name)
+                for table in _TABLES
             ]
 
         return self._in_transaction(work, commit=False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _present(self, cur: Any) -> set[str]:
-        tables = [DIM_USERS.name, FACT_ORDERS.name]
-        cur.execute(sql.existing_tables(len(tables)), (self.schema, *tables))
+        cur.execute(sql.existing_tables(len(_TABLES)), (self.schema, *_TABLES))
         return {str(row[0]) for row in cur.fetchall()}
 
     def _count(self, cur: Any, table: str, key: str) -> int:
-        cur.execute(sql.count_matching(self.schema, table, USER_KEY.name), (key,))
+        cur.execute(sql.count_matching(self.schema, table, _KEY_COLUMN[table]), (key,))
         row = cur.fetchone()
         return int(row[0]) if row else 0
 
@@ -150,6 +151,16 @@ class WarehouseEraser:
             finally:
                 if owned:
                     conn.close()
+
+
+# the tables holding a user key, and the column it is in (a load records a soft-deleted
+# user's key among its deletions, `row_key`, until the erasure or 90 days)
+_KEY_COLUMN = {
+    DIM_USERS.name: USER_KEY.name,
+    FACT_ORDERS.name: USER_KEY.name,
+    sql.DELETIONS_TABLE: "row_key",
+}
+_TABLES = tuple(_KEY_COLUMN)
 
 
 def _checked_key(subject: Subject) -> str:

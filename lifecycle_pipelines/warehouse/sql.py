@@ -315,11 +315,13 @@ def forget_deletions(schema: str) -> str:
     )
 
 
-def record_deletion(schema: str) -> str:
-    """One deletion (parameters: table, key as text, deleted_at)."""
+def record_deletions(schema: str, count: int) -> str:
+    """`count` deletions in one statement (parameters: table, key as text, deleted_at, for
+    each): Redshift runs an executemany as one statement per row."""
+    values = ", ".join(["(%s, %s, %s)"] * count)
     return (
         f"INSERT INTO {ident(schema, DELETIONS_TABLE)} (table_name, row_key, deleted_at) "
-        "VALUES (%s, %s, %s)"
+        f"VALUES {values}"
     )
 
 

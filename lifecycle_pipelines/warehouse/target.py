@@ -209,8 +209,10 @@ class WarehouseTarget:
         start, end = hour
         cur.execute(sql.forget_deletions(self.schema), (table.name, start, end))
         rows = sorted({(table.name, str(key), at) for key, at in deletions})
-        if rows:
-            cur.executemany(sql.record_deletion(self.schema), rows)
+        for first in range(0, len(rows), PURGE_CHUNK):
+            chunk = rows[first : first + PURGE_CHUNK]
+            flat = tuple(value for row in chunk for value in row)
+            cur.execute(sql.record_deletions(self.schema, len(chunk)), flat)
         cur.execute(sql.delete_deleted_rows(self.schema, table, key_type), (table.name, start))
 
     def forget_old_deletions(self, cur: Any, older_than: datetime) -> None:

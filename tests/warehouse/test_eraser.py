@@ -151,6 +151,7 @@ def test_erase_removes_the_dimension_row_and_unlinks_the_facts(
     assert [(r.store, r.found, r.changed) for r in dry] == [
         ("warehouse.dim_users", 1, 0),
         ("warehouse.fact_orders", orders, 0),
+        ("warehouse.source_deletions", 0, 0),
     ]
     assert _snapshot(warehouse) == before
 
@@ -159,6 +160,7 @@ def test_erase_removes_the_dimension_row_and_unlinks_the_facts(
     assert [(r.store, r.found, r.changed) for r in done] == [
         ("warehouse.dim_users", 1, 1),
         ("warehouse.fact_orders", orders, orders),
+        ("warehouse.source_deletions", 0, 0),
     ]
     assert subject.user_key not in caplog.text
     assert f"warehouse.fact_orders found {orders} changed {orders}" in caplog.text
@@ -172,10 +174,11 @@ def test_erase_removes_the_dimension_row_and_unlinks_the_facts(
     assert [(r.store, r.count) for r in eraser.remaining(subject)] == [
         ("warehouse.dim_users", 0),
         ("warehouse.fact_orders", 0),
+        ("warehouse.source_deletions", 0),
     ]
 
     again = eraser.erase(subject, dry_run=False)
-    assert [(r.found, r.changed) for r in again] == [(0, 0), (0, 0)]
+    assert [(r.found, r.changed) for r in again] == [(0, 0), (0, 0), (0, 0)]
     assert _snapshot(warehouse) == after
 
 
@@ -188,9 +191,10 @@ def test_erase_before_any_load_finds_nothing_and_keeps_a_given_connection(
     assert [(r.store, r.found, r.changed) for r in results] == [
         ("warehouse.dim_users", 0, 0),
         ("warehouse.fact_orders", 0, 0),
+        ("warehouse.source_deletions", 0, 0),
     ]
     assert all("no such table" in r.note for r in results)
-    assert [(r.count, bool(r.note)) for r in eraser.remaining(subject)] == [(0, True), (0, True)]
+    assert [(r.count, bool(r.note)) for r in eraser.remaining(subject)] == [(0, True)] * 3
     assert not warehouse.closed and warehouse.autocommit  # a given connection is left as it was
 
 
@@ -266,19 +270,30 @@ def test_a_soft_deleted_user_is_excluded_from_loads(
     assert _count(warehouse, in_dim, (key,)) == 0
     unlinked = f"SELECT count(*) FROM {FACT_ORDERS} WHERE order_id = %s AND user_key IS NULL"
     assert _count(warehouse, unlinked, (order,)) == 1
+    # the loads keep the soft delete among their deletions (by the user's key) until the
+    # erasure removes it with the rest: nothing of the subject is left behind the certificate
+    recorded = f'SELECT count(*) FROM "{SCHEMA}".source_deletions WHERE row_key = %s'
+    assert _count(warehouse, recorded, (key,)) == 1
+    eraser = WarehouseEraser(warehouse, schema=SCHEMA, engine="postgres")
+    erased = eraser.erase(Subject(str(user), key), dry_run=False)
+    assert ("warehouse.source_deletions", 1, 1) in [(r.store, r.found, r.changed) for r in erased]
+    assert _count(warehouse, recorded, (key,)) == 0
+    assert all(r.count == 0 for r in eraser.remaining(Subject(str(user), key)))
 
 
 KEY = "ab" * 32
 REDSHIFT_ERASE = [
     (
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s"
-        " AND table_name IN (%s, %s)",
-        ("analytics", "dim_users", "fact_orders"),
+        " AND table_name IN (%s, %s, %s)",
+        ("analytics", "dim_users", "fact_orders", "source_deletions"),
     ),
     ('SELECT count(*) FROM "analytics"."dim_users" WHERE "user_key" = %s', (KEY,)),
     ('DELETE FROM "analytics"."dim_users" WHERE "user_key" = %s', (KEY,)),
     ('SELECT count(*) FROM "analytics"."fact_orders" WHERE "user_key" = %s', (KEY,)),
     ('UPDATE "analytics"."fact_orders" SET "user_key" = NULL WHERE "user_key" = %s', (KEY,)),
+    ('SELECT count(*) FROM "analytics"."source_deletions" WHERE "row_key" = %s', (KEY,)),
+    ('DELETE FROM "analytics"."source_deletions" WHERE "row_key" = %s', (KEY,)),
     ("COMMIT", None),
 ]
 
@@ -291,6 +306,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
     assert [(r.store, r.found, r.changed) for r in results] == [
         ("warehouse.dim_users", 2, 2),
         ("warehouse.fact_orders", 2, 2),
+        ("warehouse.source_deletions", 2, 2),
     ]
 
     dry = RecordingConnection(found=3)
@@ -299,7 +315,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
     )
     assert not any(s.startswith(("DELETE", "UPDATE")) for s in dry.statements)
     assert dry.statements[-1] == "ROLLBACK" and "COMMIT" not in dry.statements
-    assert [(r.found, r.changed) for r in results] == [(3, 0), (3, 0)]
+    assert [(r.found, r.changed) for r in results] == [(3, 0), (3, 0), (3, 0)]
 
     remaining = RecordingConnection(found=0)
     counts = WarehouseEraser(remaining, schema="analytics", engine="redshift").remaining(
@@ -308,6 +324,7 @@ def test_redshift_erasure_sql_in_one_transaction() -> None:
     assert [(r.store, r.count) for r in counts] == [
         ("warehouse.dim_users", 0),
         ("warehouse.fact_orders", 0),
+        ("warehouse.source_deletions", 0),
     ]
     assert remaining.statements[-1] == "ROLLBACK" and "COMMIT" not in remaining.statements
 
@@ -344,5 +361,5 @@ def test_redshift_load_deletes_soft_deleted_users_in_the_load_transaction(
     kept = [
         c for c in recorder.calls if c[0].startswith(f'INSERT INTO "{SCHEMA}"."source_deletions"')
     ]
-    assert [row[:2] for _, rows in kept for row in rows] == [("dim_users", user_key)]
+    assert [params[:2] for _, params in kept] == [("dim_users", user_key)]  # one row
     assert not any("ANY(" in s for s in load)
