@@ -182,23 +182,60 @@ def test_what_a_store_changed_is_in_the_ledger_even_when_a_later_store_fails(
     assert state == ("soft_deleted",)
 
 
-def test_a_subject_unknown_to_the_shop_is_launched_and_erased_where_other_stores_hold_data(
-    shop: Any, control: Any
+def test_data_under_an_unknown_subjects_id_fails_for_review_then_is_erased_when_confirmed(
+    shop: Any, control: Any, monkeypatch: Any
 ) -> None:
-    """The shop row went outside this pipeline; DynamoDB still holds the subject's preferences.
-    The sensor launches the request (recorded `no_data_found` at intake) and the soft delete
-    erases the preferences and moves the request on towards its hard delete and certificate."""
+    """The shop row went outside this pipeline; DynamoDB still holds preferences under the id.
+    The sensor launches the request (`no_data_found` at intake) once; the run changes nothing
+    and fails naming the store; after review, a run with erase_unknown_subject erases it."""
     preferences = boto3.resource("dynamodb").Table("UserPreferences")
     preferences.put_item(Item={"userId": "987650002", "language": "de"})
     request = submit(control, shop, "987650002", "dpo@shop.example")
     assert request.state == "no_data_found"
     key = str(request.request_id)
-    assert _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))[key] == f"erasure-{key}"
-    _run(request.request_id)
+    instance = dg.DagsterInstance.ephemeral()
+    assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}"
+
+    failed = run_request(erasure_soft_delete, request.request_id)
+    assert not failed.success
+    error = str(failed.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
+    assert "dynamodb.UserPreferences (1) hold data under its id; nothing changed" in error
+    assert "987650002" not in error
+    assert "Item" in preferences.get_item(Key={"userId": "987650002"})
+    run = instance.add_run(  # the launched run, as the sensor's instance records it
+        dg.DagsterRun(
+            job_name="erasure_soft_delete_job",
+            status=dg.DagsterRunStatus.FAILURE,
+            tags={"dagster/partition": key},
+        )
+    )
+    assert run.is_failure
+    monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
+    assert key not in _requested(_sensor_tick(instance))  # waits for review, never retried
+
+    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
+    assert run_request(erasure_soft_delete, request.request_id, run_config=confirmed).success
     assert "Item" not in preferences.get_item(Key={"userId": "987650002"})
     after = status(control, request.request_id)
     assert after is not None and after.state == "soft_deleted"
-    assert key not in _requested(_sensor_tick(dg.DagsterInstance.ephemeral()))
+
+
+def test_a_user_given_the_id_since_the_request_is_never_erased(shop: Any, control: Any) -> None:
+    top = shop.execute("SELECT max(user_id) FROM users").fetchone()[0]
+    request = submit(control, shop, str(top + 1000), "dpo@shop.example")  # not a user yet
+    assert request.state == "no_data_found"
+    shop.execute(  # then someone else gets that id
+        "INSERT INTO users (user_id, email, full_name, locale) VALUES (%s, %s, 'New Customer', 'en')",
+        (top + 1000, f"new-{top + 1000}@shop.example"),
+    )
+    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
+    result = run_request(erasure_soft_delete, request.request_id, run_config=confirmed)
+    assert not result.success
+    error = str(result.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
+    assert "the shop now has a user with this id" in error
+    assert shop.execute(
+        "SELECT full_name, deleted_at FROM users WHERE user_id = %s", (top + 1000,)
+    ).fetchone() == ("New Customer", None)
 
 
 def test_an_unknown_subject_is_launched_until_its_no_data_found_certificate_exists(

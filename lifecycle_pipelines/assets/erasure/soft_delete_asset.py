@@ -3,16 +3,19 @@ sensor); masks the subject in PostgreSQL and removes their DynamoDB items at onc
 
 A dry-run request changes nothing: it reports what the soft delete and the later hard delete
 would find and change in every store (the same plan a real request follows). A request for a
-subject the shop does not know (`no_data_found` at intake; the request sensor launches it too)
+subject the shop does not know (`no_data_found` at intake; the request sensor launches it once)
 completes with a 'no data found' certificate once every store confirmed it holds nothing. When
-another store does hold data about the subject (their shop row was deleted outside this
-pipeline, say), the subject is erased there like any other: soft delete now, hard delete and
-its certificate after the grace period.
+a store does hold data under that id, the run fails naming the stores and counts, and changes
+nothing: the id may be wrong, or (the shop now knowing a user by it) have been given to someone
+else since. After review, materializing the partition with `erase_unknown_subject: true`
+erases the subject like any other (soft delete now, hard delete and certificate after the
+grace period), unless the shop has a user with that id: never someone else.
 """
 
 from functools import partial
 
 import dagster as dg
+from pydantic import Field
 
 from lifecycle_pipelines.assets.erasure.erasers import ErasureStores, open_stores
 from lifecycle_pipelines.control import ensure_control_schema
@@ -27,6 +30,19 @@ from lifecycle_pipelines.resources.search import SearchResource
 from lifecycle_pipelines.resources.warehouse import WarehouseResource
 
 ERASURE_PARTITIONS = dg.DynamicPartitionsDefinition(name="erasure_requests")
+
+
+class SoftDeleteConfig(dg.Config):
+    """Run configuration of `erasure_soft_delete` (the defaults are what sensors launch)."""
+
+    erase_unknown_subject: bool = Field(
+        default=False,
+        description=(
+            "For a request whose subject the shop did not know at intake, yet other stores hold "
+            "data under its id: erase it after a person reviewed the request. Refused while "
+            "the shop has a user with that id (another person)."
+        ),
+    )
 
 
 def _metadata(
@@ -50,12 +66,13 @@ def _metadata(
         "Soft delete of one erasure request's subject: user marked deleted and personal fields "
         "masked in PostgreSQL, sessions and preferences removed from DynamoDB, each store's "
         "counts in the erasure ledger. A dry run changes nothing and reports the soft and hard "
-        "delete plan; a subject unknown to the shop gets a 'no data found' certificate, or is "
-        "erased like any other where other stores hold data about them."
+        "delete plan; a subject unknown to the shop gets a 'no data found' certificate, or a "
+        "failed run for review where stores hold data under its id."
     ),
 )
 def erasure_soft_delete(
     context: dg.AssetExecutionContext,
+    config: SoftDeleteConfig,
     shop_db: PostgresResource,
     control_db: PostgresResource,
     s3: S3Resource,
@@ -94,10 +111,22 @@ def erasure_soft_delete(
             remaining = [r for e in erasers for r in e.remaining(subject)]
             held = [r for r in remaining if r.count]
             if held and not request.dry_run:
+                listed = ", ".join(f"{r.store} ({r.count})" for r in held)
+                if any(r.store == "postgres.users" for r in held):
+                    raise dg.Failure(
+                        f"erasure request {request_id}: the shop now has a user with this id, "
+                        "unknown when the request was recorded: another person, or a wrong id; "
+                        "nothing changed; review the request"
+                    )
+                if not config.erase_unknown_subject:
+                    raise dg.Failure(
+                        f"erasure request {request_id}: the shop does not know the subject, but "
+                        f"{listed} hold data under its id; nothing changed. After review, "
+                        "materialize this partition with erase_unknown_subject: true to erase it"
+                    )
                 context.log.warning(
-                    f"erasure request {request_id}: the shop does not know the subject, but "
-                    f"{', '.join(f'{r.store} ({r.count})' for r in held)} hold data about them: "
-                    "erasing it like any other subject's"
+                    f"erasure request {request_id}: unknown to the shop; {listed} hold data "
+                    "under its id: erasing it (erase_unknown_subject, after review)"
                 )
                 return _soft_delete(context, stores, request, subject)
             found = [StoreResult(r.store, r.count, 0, r.note) for r in remaining]
