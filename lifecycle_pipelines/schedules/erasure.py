@@ -8,6 +8,7 @@ import dagster as dg
 
 from lifecycle_pipelines.assets.erasure import ERASURE_PARTITIONS
 from lifecycle_pipelines.assets.erasure.hard_delete_asset import grace_period
+from lifecycle_pipelines.assets.erasure.soft_delete_asset import REVIEW_TAG
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure.hard_delete import due_requests
 from lifecycle_pipelines.resources import PostgresResource
@@ -38,7 +39,7 @@ erasure_rewrites_job, erasure_rewrites_daily = asset_schedule(
 # per failed run): a request is never left half-done because one run hit a store's error.
 SOFT_DELETE_RETRY_AFTER = timedelta(minutes=15)
 _PENDING_REQUESTS = """
-SELECT r.request_id, r.state FROM lifecycle.erasure_requests r
+SELECT r.request_id FROM lifecycle.erasure_requests r
  WHERE r.merged_into IS NULL
    AND (r.state = 'received'
         OR (r.state = 'no_data_found' AND NOT r.dry_run AND NOT EXISTS (
@@ -52,20 +53,20 @@ PENDING_PAGE = 100  # requests considered per tick; the page turns, so none is s
 
 
 def _soft_delete_run_request(
-    context: dg.SensorEvaluationContext, key: str, now: datetime, *, retry: bool = True
+    context: dg.SensorEvaluationContext, key: str, now: datetime
 ) -> dg.RunRequest | None:
     """The run to launch for a pending request: the first one, or a retry after a failed run
-    (once per failed run, after `SOFT_DELETE_RETRY_AFTER`, when `retry`); None while a run is
-    under way or was just launched."""
+    (once per failed run, after `SOFT_DELETE_RETRY_AFTER`); None while a run is under way or
+    was just launched, or when the last run failed for a person's review (`REVIEW_TAG`)."""
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(job_name=erasure_job.name, tags={"dagster/partition": key}),
         limit=1,
     )
     if not records:
         return dg.RunRequest(partition_key=key, run_key=f"erasure-{key}")
-    if not retry:
-        return None
     last = records[0]
+    if REVIEW_TAG in last.dagster_run.tags:
+        return None
     if last.dagster_run.status not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
         return None
     if now - last.update_timestamp.astimezone(UTC) < SOFT_DELETE_RETRY_AFTER:
@@ -91,10 +92,9 @@ def erasure_request_sensor(
     context: dg.SensorEvaluationContext, control_db: PostgresResource
 ) -> dg.SensorResult | dg.SkipReason:
     """Every request still `received`, or `no_data_found` without its certificate (the other
-    stores must confirm it; launched once, as a failed run there waits for a person's review),
-    is considered on every tick, rather than only the ids above a cursor: a request whose
-    insert commits after a later one's is not skipped, and one whose soft delete failed is
-    retried. A tick reads at most `PENDING_PAGE` of them, those after
+    stores must confirm it), is considered on every tick, rather than only the ids above a
+    cursor: a request whose insert commits after a later one's is not skipped, and one whose
+    soft delete failed is retried, unless it failed for a person's review. A tick reads at most `PENDING_PAGE` of them, those after
     the last one the previous tick read first (the cursor), wrapping around: many requests
     whose runs keep failing cannot starve a newer one."""
     cursor = context.cursor or ""
@@ -107,17 +107,7 @@ def erasure_request_sensor(
     known = set(context.instance.get_dynamic_partitions(str(ERASURE_PARTITIONS.name)))
     new = [k for k in keys if k not in known]
     now = datetime.now(UTC)
-    # a subject unknown to the shop is launched once: a failed run waits for a person's review
-    requests = [
-        r
-        for (request_id, state) in rows
-        if (
-            r := _soft_delete_run_request(
-                context, str(request_id), now, retry=state != "no_data_found"
-            )
-        )
-        is not None
-    ]
+    requests = [r for k in keys if (r := _soft_delete_run_request(context, k, now)) is not None]
     if not requests and not new:
         return dg.SkipReason("no erasure request waits for its soft delete")
     return dg.SensorResult(

@@ -97,7 +97,7 @@ def run_request(
     asset: dg.AssetsDefinition, request_id: int, **kwargs: Any
 ) -> dg.ExecuteInProcessResult:
     """Materialize one request's partition of an erasure asset."""
-    instance = dg.DagsterInstance.ephemeral()
+    instance = kwargs.pop("instance", None) or dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(ERASURE_PARTITIONS.name or "", [str(request_id)])
     return dg.materialize(
         [asset],

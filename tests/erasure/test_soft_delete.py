@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from boto3.dynamodb.conditions import Key
 
-from lifecycle_pipelines.assets.erasure import erasure_soft_delete
+from lifecycle_pipelines.assets.erasure import erasure_hard_delete, erasure_soft_delete
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.requests import status, submit
 from lifecycle_pipelines.schedules import erasure as erasure_schedules
@@ -196,22 +196,25 @@ def test_data_under_an_unknown_subjects_id_fails_for_review_then_is_erased_when_
     instance = dg.DagsterInstance.ephemeral()
     assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}"
 
-    failed = run_request(erasure_soft_delete, request.request_id)
+    failed = run_request(erasure_soft_delete, request.request_id, instance=instance)
     assert not failed.success
     error = str(failed.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
     assert "dynamodb.UserPreferences (1) hold data under its id; nothing changed" in error
     assert "987650002" not in error
     assert "Item" in preferences.get_item(Key={"userId": "987650002"})
-    run = instance.add_run(  # the launched run, as the sensor's instance records it
-        dg.DagsterRun(
-            job_name="erasure_soft_delete_job",
-            status=dg.DagsterRunStatus.FAILURE,
-            tags={"dagster/partition": key},
-        )
-    )
-    assert run.is_failure
     monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
-    assert key not in _requested(_sensor_tick(instance))  # waits for review, never retried
+    tags = instance.get_run_by_id(failed.run_id).tags  # type: ignore[union-attr]
+    assert erasure_schedules.REVIEW_TAG in tags  # the run says it failed for review
+
+    def failed_run(tags: dict[str, str]) -> dg.DagsterRun:  # as the launched job's run
+        run = dg.DagsterRun(job_name="erasure_soft_delete_job", status=dg.DagsterRunStatus.FAILURE,
+                            tags={**tags, "dagster/partition": key})  # fmt: skip
+        return instance.add_run(run)
+
+    failed_run({erasure_schedules.REVIEW_TAG: tags[erasure_schedules.REVIEW_TAG]})
+    assert key not in _requested(_sensor_tick(instance))  # waits for review: not launched again
+    other = failed_run({})  # a run that failed otherwise (a store down, say) is retried
+    assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{other.run_id}"
 
     confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
     assert run_request(erasure_soft_delete, request.request_id, run_config=confirmed).success
@@ -267,3 +270,35 @@ def test_the_sensor_turns_its_page_so_requests_that_keep_failing_starve_no_other
             seen |= set(_requested(result))
             cursor = context.cursor
     assert {str(r.request_id) for r in mine} <= seen  # the newest included: not starved
+
+
+def test_a_user_given_the_id_during_the_grace_period_is_not_hard_deleted(
+    shop: Any, control: Any
+) -> None:
+    """Unknown at intake, erased after review (preferences under its id), then the id is given
+    to a new customer before the hard delete is due: the hard delete refuses, nothing changes."""
+    top = shop.execute("SELECT max(user_id) FROM users").fetchone()[0]
+    subject = str(top + 2000)
+    boto3.resource("dynamodb").Table("UserPreferences").put_item(
+        Item={"userId": subject, "language": "fr"}
+    )
+    request = submit(control, shop, subject, "dpo@shop.example")
+    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
+    assert run_request(erasure_soft_delete, request.request_id, run_config=confirmed).success
+    shop.execute(
+        "INSERT INTO users (user_id, email, full_name, locale) VALUES (%s, %s, 'Later Customer', 'en')",
+        (int(subject), f"later-{subject}@shop.example"),
+    )
+    control.execute(
+        "UPDATE lifecycle.erasure_requests SET soft_deleted_at = now() - interval '400 days'"
+        " WHERE request_id = %s",
+        (request.request_id,),
+    )
+    result = run_request(erasure_hard_delete, request.request_id)
+    assert not result.success
+    error = str(result.failure_data_for_node("erasure_hard_delete").error)  # type: ignore[union-attr]
+    assert "now has a user with it: another person; nothing changed" in error
+    assert subject not in error
+    assert shop.execute(
+        "SELECT full_name FROM users WHERE user_id = %s", (int(subject),)
+    ).fetchone() == ("Later Customer",)

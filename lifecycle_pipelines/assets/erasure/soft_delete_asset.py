@@ -3,7 +3,7 @@ sensor); masks the subject in PostgreSQL and removes their DynamoDB items at onc
 
 A dry-run request changes nothing: it reports what the soft delete and the later hard delete
 would find and change in every store (the same plan a real request follows). A request for a
-subject the shop does not know (`no_data_found` at intake; the request sensor launches it once)
+subject the shop does not know (`no_data_found` at intake; launched by the request sensor)
 completes with a 'no data found' certificate once every store confirmed it holds nothing. When
 a store does hold data under that id, the run fails naming the stores and counts, and changes
 nothing: the id may be wrong, or (the shop now knowing a user by it) have been given to someone
@@ -30,6 +30,8 @@ from lifecycle_pipelines.resources.search import SearchResource
 from lifecycle_pipelines.resources.warehouse import WarehouseResource
 
 ERASURE_PARTITIONS = dg.DynamicPartitionsDefinition(name="erasure_requests")
+# on a run that failed for a person's review: the request sensor does not launch it again
+REVIEW_TAG = "lifecycle/erasure_review"
 
 
 class SoftDeleteConfig(dg.Config):
@@ -113,12 +115,14 @@ def erasure_soft_delete(
             if held and not request.dry_run:
                 listed = ", ".join(f"{r.store} ({r.count})" for r in held)
                 if any(r.store == "postgres.users" for r in held):
+                    _for_review(context, "id now used by a shop user")
                     raise dg.Failure(
                         f"erasure request {request_id}: the shop now has a user with this id, "
                         "unknown when the request was recorded: another person, or a wrong id; "
                         "nothing changed; review the request"
                     )
                 if not config.erase_unknown_subject:
+                    _for_review(context, "data under an unknown id")
                     raise dg.Failure(
                         f"erasure request {request_id}: the shop does not know the subject, but "
                         f"{listed} hold data under its id; nothing changed. After review, "
@@ -147,6 +151,11 @@ def erasure_soft_delete(
                 metadata["certificate_sha256"] = dg.MetadataValue.text(cert.sha256)
             return dg.MaterializeResult(metadata=metadata)
         return _soft_delete(context, stores, request, subject)
+
+
+def _for_review(context: dg.AssetExecutionContext, why: str) -> None:
+    """Tag the run as failed for a person's review (`REVIEW_TAG`)."""
+    context.instance.add_run_tags(context.run_id, {REVIEW_TAG: why})
 
 
 def _soft_delete(
