@@ -280,12 +280,14 @@ def test_a_write_committed_during_the_full_load_does_not_fail_the_rotation(
 def test_a_second_sync_of_the_same_alias_waits_for_none_and_changes_nothing(
     engine: Any, shop_conn: Any, control_conn: Any, local_stack: Any
 ) -> None:
+    key = "hashtextextended('lifecycle.search_sync:catalog-products', 0)"
     with psycopg.connect(local_stack[0].app_conninfo("lifecycle"), autocommit=True) as other:
-        other.execute(  # another run holds the alias's lock
-            "SELECT pg_advisory_lock(hashtextextended('lifecycle.search_sync:catalog-products', 0))"
-        )
+        other.execute(f"SELECT pg_advisory_lock({key})")  # another run holds the alias's lock
         with pytest.raises(SyncBusy, match="another sync is running"):
             make_sync(engine, shop_conn, control_conn).run(NOV)
         assert engine.alias_targets("catalog-products") == []
-    report = make_sync(engine, shop_conn, control_conn).run(NOV)  # the lock went with it
+        # released by its holder (a closed session's lock goes only once its server process
+        # has exited, which the client does not wait for)
+        other.execute(f"SELECT pg_advisory_unlock({key})")
+    report = make_sync(engine, shop_conn, control_conn).run(NOV)
     assert report.rotated
