@@ -35,7 +35,6 @@ class ReplayReport:
     requests: int = 0
     reerased: dict[str, int] = field(default_factory=dict)
     recovered: list[RecoveredCertificate] = field(default_factory=list)  # from S3, first
-    skipped: int = 0  # requests whose id now belongs to another person (see replay_ledger)
 
     @property
     def total(self) -> int:
@@ -60,21 +59,10 @@ def replay_ledger(
     subject_of: Callable[[ErasureRequest], Subject],
     hard_erasers: Callable[[ErasureRequest], Sequence[Eraser]],
     soft_delete: Callable[[ErasureRequest], list[StoreResult]],
-    another_person: Callable[[ErasureRequest], bool] = lambda request: False,
 ) -> ReplayReport:
-    """Re-apply every finished request (see the module docstring). A request for which
-    `another_person` says the id now belongs to someone else (unknown to the shop at intake,
-    known now) is skipped, and logged by its id."""
+    """Re-apply every finished request (see the module docstring)."""
     report = ReplayReport()
     for request in finished_requests(control):
-        if another_person(request):
-            log.warning(
-                "erasure request %d: the shop did not know this id at intake and now has a user "
-                "with it (another person): not replayed; review the request",
-                request.request_id,
-            )
-            report.skipped += 1
-            continue
         report.requests += 1
         subject = subject_of(request)
         if request.state == "hard_deleted":

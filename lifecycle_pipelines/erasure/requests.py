@@ -128,20 +128,3 @@ def recent(control: psycopg.Connection[Any], limit: int = 20) -> list[ErasureReq
         (limit,),
     ).fetchall()
     return [ErasureRequest(*r) for r in rows]
-
-
-def unknown_at_intake(control: psycopg.Connection[Any], request_id: int) -> bool:
-    """Whether the shop did not know the request's subject when it was received (recorded
-    `no_data_found`, even if erased since after review)."""
-    row = control.execute(
-        "SELECT 1 FROM lifecycle.erasure_ledger WHERE request_id = %s AND store = 'intake'"
-        " AND action = 'completed: no data found'",
-        (request_id,),
-    ).fetchone()
-    return row is not None
-
-
-def shop_knows(shop: psycopg.Connection[Any], subject_id: str) -> bool:
-    """Whether the shop has a user with this id (deleted or not)."""
-    row = shop.execute("SELECT 1 FROM users WHERE user_id = %s", (int(subject_id),)).fetchone()
-    return row is not None

@@ -109,11 +109,10 @@ def record_store(
 
 
 def mark_soft_deleted(control: psycopg.Connection[Any], request_id: int) -> None:
-    """Move a real request to soft_deleted once every store is done (from `received`, or from
-    `no_data_found` when stores other than the shop held data about the subject)."""
+    """Move a real request to soft_deleted once every store is done."""
     control.execute(
         "UPDATE lifecycle.erasure_requests SET state = 'soft_deleted', updated_at = now(),"
         " soft_deleted_at = now()"
-        " WHERE request_id = %s AND state IN ('received', 'no_data_found')",
+        " WHERE request_id = %s AND state = 'received'",
         (request_id,),
     )

@@ -11,14 +11,7 @@ import pytest
 
 from lifecycle_pipelines.cli import main
 from lifecycle_pipelines.control import ensure_control_schema
-from lifecycle_pipelines.erasure.replay import replay_ledger
-from lifecycle_pipelines.erasure.requests import (
-    ErasureRequestError,
-    submit,
-    unknown_at_intake,
-    validate,
-)
-from lifecycle_pipelines.erasure.stores import StoreResult, Subject
+from lifecycle_pipelines.erasure.requests import ErasureRequestError, submit, validate
 
 
 @pytest.fixture
@@ -101,38 +94,3 @@ def test_cli_holds_certificates_chain_and_replay(
     assert "0 problems" in capsys.readouterr().out
     assert main([*args, "replay"]) == 0
     assert "requests re-applied" in capsys.readouterr().out
-
-
-def test_the_replay_skips_a_request_whose_id_now_belongs_to_another_person(
-    control: Any, shop_conn: Any
-) -> None:
-    """A request unknown to the shop at intake, erased after review; after a restore the shop
-    knows a user by that id: the replay leaves that user alone and reports the request."""
-    request = submit(control, shop_conn, "99999977", "privacy@shop.example")
-    assert unknown_at_intake(control, request.request_id)
-    control.execute(
-        "UPDATE lifecycle.erasure_requests SET state = 'hard_deleted' WHERE request_id = %s",
-        (request.request_id,),
-    )
-    erased: list[int] = []
-
-    class Recording:
-        def erase(self, subject: Subject, *, dry_run: bool) -> list[StoreResult]:
-            erased.append(int(subject.subject_id))
-            return []
-
-    try:
-        report = replay_ledger(
-            control,
-            subject_of=lambda r: Subject(r.subject_id, "k" * 64),
-            hard_erasers=lambda r: [Recording()],  # type: ignore[list-item]
-            soft_delete=lambda r: [],
-            another_person=lambda r: r.request_id == request.request_id,
-        )
-    finally:
-        control.execute(
-            "UPDATE lifecycle.erasure_requests SET state = 'no_data_found' WHERE request_id = %s",
-            (request.request_id,),
-        )
-    assert report.skipped == 1
-    assert 99999977 not in erased

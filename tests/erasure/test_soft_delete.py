@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from boto3.dynamodb.conditions import Key
 
-from lifecycle_pipelines.assets.erasure import erasure_hard_delete, erasure_soft_delete
+from lifecycle_pipelines.assets.erasure import erasure_soft_delete
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.requests import status, submit
 from lifecycle_pipelines.schedules import erasure as erasure_schedules
@@ -182,12 +182,12 @@ def test_what_a_store_changed_is_in_the_ledger_even_when_a_later_store_fails(
     assert state == ("soft_deleted",)
 
 
-def test_data_under_an_unknown_subjects_id_fails_for_review_then_is_erased_when_confirmed(
+def test_data_under_an_unknown_subjects_id_fails_for_review_and_changes_nothing(
     shop: Any, control: Any, monkeypatch: Any
 ) -> None:
-    """The shop row went outside this pipeline; DynamoDB still holds preferences under the id.
-    The sensor launches the request (`no_data_found` at intake) once; the run changes nothing
-    and fails naming the store; after review, a run with erase_unknown_subject erases it."""
+    """DynamoDB holds preferences under an id the shop did not know at intake (a wrong id, or
+    a shop row deleted outside this pipeline). The sensor launches the request; the run changes
+    nothing, fails naming the store, and is not launched again: a person reviews it."""
     preferences = boto3.resource("dynamodb").Table("UserPreferences")
     preferences.put_item(Item={"userId": "987650002", "language": "de"})
     request = submit(control, shop, "987650002", "dpo@shop.example")
@@ -200,6 +200,7 @@ def test_data_under_an_unknown_subjects_id_fails_for_review_then_is_erased_when_
     assert not failed.success
     error = str(failed.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
     assert "dynamodb.UserPreferences (1) hold data under its id; nothing changed" in error
+    assert status(control, request.request_id).state == "no_data_found"  # type: ignore[union-attr]
     assert "987650002" not in error
     assert "Item" in preferences.get_item(Key={"userId": "987650002"})
     monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
@@ -216,12 +217,6 @@ def test_data_under_an_unknown_subjects_id_fails_for_review_then_is_erased_when_
     other = failed_run({})  # a run that failed otherwise (a store down, say) is retried
     assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{other.run_id}"
 
-    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
-    assert run_request(erasure_soft_delete, request.request_id, run_config=confirmed).success
-    assert "Item" not in preferences.get_item(Key={"userId": "987650002"})
-    after = status(control, request.request_id)
-    assert after is not None and after.state == "soft_deleted"
-
 
 def test_a_user_given_the_id_since_the_request_is_never_erased(shop: Any, control: Any) -> None:
     top = shop.execute("SELECT max(user_id) FROM users").fetchone()[0]
@@ -231,11 +226,10 @@ def test_a_user_given_the_id_since_the_request_is_never_erased(shop: Any, contro
         "INSERT INTO users (user_id, email, full_name, locale) VALUES (%s, %s, 'New Customer', 'en')",
         (top + 1000, f"new-{top + 1000}@shop.example"),
     )
-    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
-    result = run_request(erasure_soft_delete, request.request_id, run_config=confirmed)
+    result = run_request(erasure_soft_delete, request.request_id)
     assert not result.success
     error = str(result.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
-    assert "the shop now has a user with this id" in error
+    assert "postgres.users (1) hold data under its id; nothing changed" in error
     assert shop.execute(
         "SELECT full_name, deleted_at FROM users WHERE user_id = %s", (top + 1000,)
     ).fetchone() == ("New Customer", None)
@@ -270,35 +264,3 @@ def test_the_sensor_turns_its_page_so_requests_that_keep_failing_starve_no_other
             seen |= set(_requested(result))
             cursor = context.cursor
     assert {str(r.request_id) for r in mine} <= seen  # the newest included: not starved
-
-
-def test_a_user_given_the_id_during_the_grace_period_is_not_hard_deleted(
-    shop: Any, control: Any
-) -> None:
-    """Unknown at intake, erased after review (preferences under its id), then the id is given
-    to a new customer before the hard delete is due: the hard delete refuses, nothing changes."""
-    top = shop.execute("SELECT max(user_id) FROM users").fetchone()[0]
-    subject = str(top + 2000)
-    boto3.resource("dynamodb").Table("UserPreferences").put_item(
-        Item={"userId": subject, "language": "fr"}
-    )
-    request = submit(control, shop, subject, "dpo@shop.example")
-    confirmed = {"ops": {"erasure_soft_delete": {"config": {"erase_unknown_subject": True}}}}
-    assert run_request(erasure_soft_delete, request.request_id, run_config=confirmed).success
-    shop.execute(
-        "INSERT INTO users (user_id, email, full_name, locale) VALUES (%s, %s, 'Later Customer', 'en')",
-        (int(subject), f"later-{subject}@shop.example"),
-    )
-    control.execute(
-        "UPDATE lifecycle.erasure_requests SET soft_deleted_at = now() - interval '400 days'"
-        " WHERE request_id = %s",
-        (request.request_id,),
-    )
-    result = run_request(erasure_hard_delete, request.request_id)
-    assert not result.success
-    error = str(result.failure_data_for_node("erasure_hard_delete").error)  # type: ignore[union-attr]
-    assert "now has a user with it: another person; nothing changed" in error
-    assert subject not in error
-    assert shop.execute(
-        "SELECT full_name FROM users WHERE user_id = %s", (int(subject),)
-    ).fetchone() == ("Later Customer",)

@@ -16,7 +16,7 @@ from lifecycle_pipelines.archive.eraser import ArchiveEraser, rewrite_pending
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.recovery import recover_certificates
 from lifecycle_pipelines.erasure.replay import ReplayReport, replay_ledger
-from lifecycle_pipelines.erasure.requests import ErasureRequest, shop_knows, unknown_at_intake
+from lifecycle_pipelines.erasure.requests import ErasureRequest
 from lifecycle_pipelines.erasure.shop import DynamoDBEraser, PostgresEraser
 from lifecycle_pipelines.erasure.soft_delete import soft_delete_dynamodb, soft_delete_postgres
 from lifecycle_pipelines.erasure.stores import Eraser, StoreResult, Subject
@@ -128,10 +128,6 @@ class ErasureStores:
             subject_of=self.subject,
             hard_erasers=self.erasers,
             soft_delete=lambda request: self.soft_delete(request, dry_run=False),
-            another_person=lambda request: (
-                unknown_at_intake(self.control, request.request_id)
-                and shop_knows(self.shop, request.subject_id)
-            ),
         )
         report.recovered = recovered
         return report, rewrite_pending(self.control, self.s3)

@@ -16,7 +16,7 @@ from lifecycle_pipelines.erasure.hard_delete import (
     check_due,
     hard_delete,
 )
-from lifecycle_pipelines.erasure.requests import shop_knows, status, unknown_at_intake
+from lifecycle_pipelines.erasure.requests import status
 from lifecycle_pipelines.erasure.stores import Remaining, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.policy import Duration, load_policy
@@ -123,14 +123,6 @@ def erasure_hard_delete(
             )
         except NotDue as err:
             raise dg.Failure(str(err)) from None
-        if unknown_at_intake(stores.control, request_id) and shop_knows(
-            stores.shop, request.subject_id
-        ):
-            raise dg.Failure(
-                f"erasure request {request_id}: the shop did not know this id when the request "
-                "was received and now has a user with it: another person; nothing changed; "
-                "review the request"
-            )
         subject = stores.subject(request)
         try:
             outcome = hard_delete(

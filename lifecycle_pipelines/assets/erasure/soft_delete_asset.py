@@ -5,17 +5,15 @@ A dry-run request changes nothing: it reports what the soft delete and the later
 would find and change in every store (the same plan a real request follows). A request for a
 subject the shop does not know (`no_data_found` at intake; launched by the request sensor)
 completes with a 'no data found' certificate once every store confirmed it holds nothing. When
-a store does hold data under that id, the run fails naming the stores and counts, and changes
-nothing: the id may be wrong, or (the shop now knowing a user by it) have been given to someone
-else since. After review, materializing the partition with `erase_unknown_subject: true`
-erases the subject like any other (soft delete now, hard delete and certificate after the
-grace period), unless the shop has a user with that id: never someone else.
+a store does hold data under that id, the run fails naming the stores and counts, changes
+nothing, and is tagged for a person's review (not launched again): the id may be wrong, or have
+been given to someone else since (ids are handed out later), so the pipeline never erases under
+an id the shop did not know.
 """
 
 from functools import partial
 
 import dagster as dg
-from pydantic import Field
 
 from lifecycle_pipelines.assets.erasure.erasers import ErasureStores, open_stores
 from lifecycle_pipelines.control import ensure_control_schema
@@ -32,19 +30,6 @@ from lifecycle_pipelines.resources.warehouse import WarehouseResource
 ERASURE_PARTITIONS = dg.DynamicPartitionsDefinition(name="erasure_requests")
 # on a run that failed for a person's review: the request sensor does not launch it again
 REVIEW_TAG = "lifecycle/erasure_review"
-
-
-class SoftDeleteConfig(dg.Config):
-    """Run configuration of `erasure_soft_delete` (the defaults are what sensors launch)."""
-
-    erase_unknown_subject: bool = Field(
-        default=False,
-        description=(
-            "For a request whose subject the shop did not know at intake, yet other stores hold "
-            "data under its id: erase it after a person reviewed the request. Refused while "
-            "the shop has a user with that id (another person)."
-        ),
-    )
 
 
 def _metadata(
@@ -74,7 +59,6 @@ def _metadata(
 )
 def erasure_soft_delete(
     context: dg.AssetExecutionContext,
-    config: SoftDeleteConfig,
     shop_db: PostgresResource,
     control_db: PostgresResource,
     s3: S3Resource,
@@ -114,25 +98,12 @@ def erasure_soft_delete(
             held = [r for r in remaining if r.count]
             if held and not request.dry_run:
                 listed = ", ".join(f"{r.store} ({r.count})" for r in held)
-                if any(r.store == "postgres.users" for r in held):
-                    _for_review(context, "id now used by a shop user")
-                    raise dg.Failure(
-                        f"erasure request {request_id}: the shop now has a user with this id, "
-                        "unknown when the request was recorded: another person, or a wrong id; "
-                        "nothing changed; review the request"
-                    )
-                if not config.erase_unknown_subject:
-                    _for_review(context, "data under an unknown id")
-                    raise dg.Failure(
-                        f"erasure request {request_id}: the shop does not know the subject, but "
-                        f"{listed} hold data under its id; nothing changed. After review, "
-                        "materialize this partition with erase_unknown_subject: true to erase it"
-                    )
-                context.log.warning(
-                    f"erasure request {request_id}: unknown to the shop; {listed} hold data "
-                    "under its id: erasing it (erase_unknown_subject, after review)"
+                _for_review(context, "data under an id unknown to the shop at intake")
+                raise dg.Failure(
+                    f"erasure request {request_id}: the shop did not know the subject at intake, "
+                    f"but {listed} hold data under its id; nothing changed; review the request "
+                    "(the id may be wrong, or belong to someone else since)"
                 )
-                return _soft_delete(context, stores, request, subject)
             found = [StoreResult(r.store, r.count, 0, r.note) for r in remaining]
             cert = None
             if not held and not request.dry_run:

@@ -86,7 +86,6 @@ def erasure_ledger_replay(
         metadata={
             "certificates_recovered": dg.MetadataValue.int(len(report.recovered)),
             "requests_replayed": dg.MetadataValue.int(report.requests),
-            "requests_skipped_id_reused": dg.MetadataValue.int(report.skipped),
             "items_erased_again": dg.MetadataValue.int(report.total),
             "archive_objects_rewritten": dg.MetadataValue.int(rewrites["rewritten"]),
             "summary": dg.MetadataValue.md("\n".join(lines)),
