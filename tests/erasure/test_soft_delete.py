@@ -190,32 +190,35 @@ def test_data_under_an_unknown_subjects_id_fails_for_review_and_changes_nothing(
     nothing, fails naming the store, and is not launched again: a person reviews it."""
     preferences = boto3.resource("dynamodb").Table("UserPreferences")
     preferences.put_item(Item={"userId": "987650002", "language": "de"})
-    request = submit(control, shop, "987650002", "dpo@shop.example")
-    assert request.state == "no_data_found"
-    key = str(request.request_id)
-    instance = dg.DagsterInstance.ephemeral()
-    assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}"
+    try:
+        request = submit(control, shop, "987650002", "dpo@shop.example")
+        assert request.state == "no_data_found"
+        key = str(request.request_id)
+        instance = dg.DagsterInstance.ephemeral()
+        assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}"
 
-    failed = run_request(erasure_soft_delete, request.request_id, instance=instance)
-    assert not failed.success
-    error = str(failed.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
-    assert "dynamodb.UserPreferences (1) hold data under its id; nothing changed" in error
-    assert status(control, request.request_id).state == "no_data_found"  # type: ignore[union-attr]
-    assert "987650002" not in error
-    assert "Item" in preferences.get_item(Key={"userId": "987650002"})
-    monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
-    tags = instance.get_run_by_id(failed.run_id).tags  # type: ignore[union-attr]
-    assert erasure_schedules.REVIEW_TAG in tags  # the run says it failed for review
+        failed = run_request(erasure_soft_delete, request.request_id, instance=instance)
+        assert not failed.success
+        error = str(failed.failure_data_for_node("erasure_soft_delete").error)  # type: ignore[union-attr]
+        assert "dynamodb.UserPreferences (1) hold data under its id; nothing changed" in error
+        assert status(control, request.request_id).state == "no_data_found"  # type: ignore[union-attr]
+        assert "987650002" not in error
+        assert "Item" in preferences.get_item(Key={"userId": "987650002"})
+        monkeypatch.setattr(erasure_schedules, "SOFT_DELETE_RETRY_AFTER", timedelta(0))
+        tags = instance.get_run_by_id(failed.run_id).tags  # type: ignore[union-attr]
+        assert erasure_schedules.REVIEW_TAG in tags  # the run says it failed for review
 
-    def failed_run(tags: dict[str, str]) -> dg.DagsterRun:  # as the launched job's run
-        run = dg.DagsterRun(job_name="erasure_soft_delete_job", status=dg.DagsterRunStatus.FAILURE,
-                            tags={**tags, "dagster/partition": key})  # fmt: skip
-        return instance.add_run(run)
+        def failed_run(tags: dict[str, str]) -> dg.DagsterRun:  # as the launched job's run
+            run = dg.DagsterRun(job_name="erasure_soft_delete_job", status=dg.DagsterRunStatus.FAILURE,
+                                tags={**tags, "dagster/partition": key})  # fmt: skip
+            return instance.add_run(run)
 
-    failed_run({erasure_schedules.REVIEW_TAG: tags[erasure_schedules.REVIEW_TAG]})
-    assert key not in _requested(_sensor_tick(instance))  # waits for review: not launched again
-    other = failed_run({})  # a run that failed otherwise (a store down, say) is retried
-    assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{other.run_id}"
+        failed_run({erasure_schedules.REVIEW_TAG: tags[erasure_schedules.REVIEW_TAG]})
+        assert key not in _requested(_sensor_tick(instance))  # waits for review: not launched again
+        other = failed_run({})  # a run that failed otherwise (a store down, say) is retried
+        assert _requested(_sensor_tick(instance))[key] == f"erasure-{key}-after-{other.run_id}"
+    finally:  # the moto server is shared: other tests count the seeded items
+        preferences.delete_item(Key={"userId": "987650002"})
 
 
 def test_a_user_given_the_id_since_the_request_is_never_erased(shop: Any, control: Any) -> None:
