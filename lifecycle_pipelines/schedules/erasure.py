@@ -92,11 +92,11 @@ def erasure_request_sensor(
     context: dg.SensorEvaluationContext, control_db: PostgresResource
 ) -> dg.SensorResult | dg.SkipReason:
     """Every request still `received`, or `no_data_found` without its certificate (the other
-    stores must confirm it), is considered on every tick, rather than only the ids above a
-    cursor: a request whose insert commits after a later one's is not skipped, and one whose
-    soft delete failed is retried, unless it failed for a person's review. A tick reads at most `PENDING_PAGE` of them, those after
-    the last one the previous tick read first (the cursor), wrapping around: many requests
-    whose runs keep failing cannot starve a newer one."""
+    stores must confirm it), is considered, rather than only the ids above a cursor: a request
+    whose insert commits after a later one's is not skipped, and one whose soft delete failed
+    is retried, unless it failed for a person's review. A tick reads at most `PENDING_PAGE` of
+    them, those after the last one the previous tick read first (the cursor), wrapping around:
+    many requests whose runs keep failing cannot starve a newer one."""
     cursor = context.cursor or ""
     after = int(cursor) if cursor.isdigit() else 0
     with control_db.connect(autocommit=True) as conn:
