@@ -15,13 +15,13 @@ from functools import partial
 
 import dagster as dg
 
-from lifecycle_pipelines.assets.erasure.erasers import ErasureStores, open_stores
+from lifecycle_pipelines.assets.erasure.erasers import open_stores
 from lifecycle_pipelines.control import ensure_control_schema
 from lifecycle_pipelines.erasure import certificate
 from lifecycle_pipelines.erasure.hard_delete import hard_delete
-from lifecycle_pipelines.erasure.requests import ErasureRequest, status
+from lifecycle_pipelines.erasure.requests import status
 from lifecycle_pipelines.erasure.soft_delete import mark_soft_deleted, record_store
-from lifecycle_pipelines.erasure.stores import StoreResult, Subject, results_table
+from lifecycle_pipelines.erasure.stores import StoreResult, results_table
 from lifecycle_pipelines.errors import retry_transient
 from lifecycle_pipelines.resources import DynamoDBResource, PostgresResource, S3Resource
 from lifecycle_pipelines.resources.search import SearchResource
@@ -98,7 +98,8 @@ def erasure_soft_delete(
             held = [r for r in remaining if r.count]
             if held and not request.dry_run:
                 listed = ", ".join(f"{r.store} ({r.count})" for r in held)
-                _for_review(context, "data under an id unknown to the shop at intake")
+                why = "data under an id unknown to the shop at intake"
+                context.instance.add_run_tags(context.run_id, {REVIEW_TAG: why})
                 raise dg.Failure(
                     f"erasure request {request_id}: the shop did not know the subject at intake, "
                     f"but {listed} hold data under its id; nothing changed; review the request "
@@ -121,40 +122,25 @@ def erasure_soft_delete(
                 metadata["certificate_uri"] = dg.MetadataValue.url(cert.uri)
                 metadata["certificate_sha256"] = dg.MetadataValue.text(cert.sha256)
             return dg.MaterializeResult(metadata=metadata)
-        return _soft_delete(context, stores, request, subject)
-
-
-def _for_review(context: dg.AssetExecutionContext, why: str) -> None:
-    """Tag the run as failed for a person's review (`REVIEW_TAG`)."""
-    context.instance.add_run_tags(context.run_id, {REVIEW_TAG: why})
-
-
-def _soft_delete(
-    context: dg.AssetExecutionContext,
-    stores: ErasureStores,
-    request: ErasureRequest,
-    subject: Subject,
-) -> dg.MaterializeResult:
-    """Soft delete the request's subject in every store (called with the stores open), record
-    each store in the ledger and move a real request to soft_deleted; a dry run reports the
-    hard delete's plan too."""
-    request_id, control = request.request_id, stores.control
-    results = stores.soft_delete(
-        request,
-        dry_run=request.dry_run,
-        on_store=partial(record_store, control, request_id, dry_run=request.dry_run),
-    )
-    if not request.dry_run:
-        mark_soft_deleted(control, request_id)
-    metadata = _metadata(request_id, results, request.dry_run, request.state)
-    if request.dry_run:
-        plan = hard_delete(
-            control, request, subject, stores.erasers(request),
-            issue_certificate=stores.issue_certificate,
-        )  # fmt: skip
-        metadata["hard_delete_plan"] = dg.MetadataValue.md(results_table(plan.results))
-        metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
-    final = status(control, request_id)
+        results = stores.soft_delete(
+            request,
+            dry_run=request.dry_run,
+            on_store=partial(record_store, control, request_id, dry_run=request.dry_run),
+        )
+        if not request.dry_run:
+            mark_soft_deleted(control, request_id)
+        metadata = _metadata(request_id, results, request.dry_run, request.state)
+        if request.dry_run:
+            plan = hard_delete(
+                control,
+                request,
+                subject,
+                stores.erasers(request),
+                issue_certificate=stores.issue_certificate,
+            )
+            metadata["hard_delete_plan"] = dg.MetadataValue.md(results_table(plan.results))
+            metadata["hard_delete_items"] = dg.MetadataValue.int(sum(r.found for r in plan.results))
+        final = status(control, request_id)
     context.log.info(f"erasure request {request_id}: soft delete done ({len(results)} stores)")
     metadata["state"] = dg.MetadataValue.text(final.state if final else "?")
     return dg.MaterializeResult(metadata=metadata)
