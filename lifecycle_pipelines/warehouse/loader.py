@@ -369,6 +369,7 @@ class HourLoader:
             target.lock(cur, self._locked(staged))
             clock.lap("lock")
         dates: set[int] = set()
+        hour = (result.hour, result.hour + timedelta(hours=1))
         for item in staged:
             table, stage = item.plan.table, item.stage
             # Staged rows a later hour (committed first) already wrote in a newer version are
@@ -396,9 +397,7 @@ class HourLoader:
             if item.has_stage:
                 cur.execute(f"DROP TABLE {sql.ident(stage)}")
             target.purge(cur, table, item.purge)
-            key_type = dict(item.plan.columns)[table.key]
-            hour = (result.hour, result.hour + timedelta(hours=1))
-            target.apply_deletions(cur, table, key_type, hour, item.deletions)
+            target.apply_deletions(cur, table, item.plan.key_type, hour, item.deletions)
             dates.update(item.dates)
         target.merge_dates(cur, sorted(dates))
         target.forget_old_deletions(cur, datetime.now(UTC) - DELETIONS_KEPT)

@@ -28,6 +28,11 @@ class TablePlan:
     def names(self) -> list[str]:
         return [name for name, _ in self.columns]
 
+    @property
+    def key_type(self) -> str:
+        """The warehouse type of the table's key."""
+        return dict(self.columns)[self.table.key]
+
     def source_shape(self) -> TableShape:
         """The source columns to read: those the table takes, and `user_id` for a user key."""
         table = self.table
