@@ -15,6 +15,10 @@ import pyarrow.parquet as pq
 
 STAGING_BUCKET_SUFFIX = "staging"
 PARQUET_ROW_GROUP_ROWS = 128_000
+# Room for every distinct user key of a row group in its dictionary. At Arrow's 1 MiB default
+# the dictionary fills after ~16k keys and the rest of the column falls back to plain 64-digit
+# hex: most of the file, and of its writing and upload time.
+PARQUET_DICTIONARY_PAGE_BYTES = 8 << 20
 
 T = TypeVar("T")
 
@@ -37,13 +41,18 @@ def stage_object_key(prefix: str, table: str, hour: datetime) -> str:
 
 class ParquetStage:
     """Batches appended to one local zstd Parquet file in row groups of ~128k rows. Only string
-    columns are dictionary-encoded (codes, countries, user keys repeat; money and ids do not)."""
+    columns are dictionary-encoded (codes, countries, user keys repeat; money and ids do not),
+    with dictionaries of up to `PARQUET_DICTIONARY_PAGE_BYTES`."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         strings = [f.name for f in schema if pa.types.is_string(f.type)]
         self._writer = pq.ParquetWriter(
-            path, schema, compression="zstd", use_dictionary=strings or False
+            path,
+            schema,
+            compression="zstd",
+            use_dictionary=strings or False,
+            dictionary_pagesize_limit=PARQUET_DICTIONARY_PAGE_BYTES,
         )
         self._pending: list[pa.RecordBatch] = []
         self._rows = 0
