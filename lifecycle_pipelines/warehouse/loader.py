@@ -7,8 +7,8 @@
 3. The source is read in one REPEATABLE READ, READ ONLY snapshot, so the rows extracted and the
    source's reconciliation figures describe the same state. Rows whose `updated_at` falls in the
    hour stream out of PostgreSQL as CSV COPY parsed into Arrow batches (by a `psql` child that
-   imports the snapshot when one is found, no Python work per row; else by psycopg); memory is
-   bounded by the batch, not by the hour. User ids become HMAC-SHA256 keys (computed once per
+   imports the snapshot when one is found, no Python work per row; else by psycopg); a table
+   without rows in the hour is not read at all. Memory is bounded by the batch, not the hour. User ids become HMAC-SHA256 keys (computed once per
    distinct id) and personal columns are never selected; each table is written as Parquet (by a
    background thread) to the staging bucket under a deterministic key.
 4. One warehouse transaction loads every table, then MERGEs under the tables' locks (taken in
@@ -404,13 +404,15 @@ class HourLoader:
         clock.lap("drop_purge_dates")
 
     def _staged(self, plan: TablePlan, hour: datetime, end: datetime) -> TableHour:
-        """A table's hour before its rows are read; the soft-deleted users among them are
-        looked up first (on the snapshot's connection)."""
+        """A table's hour before its rows are read; whether it has any, and the soft-deleted
+        users among them, are looked up first (on the snapshot's connection, before the source
+        figures use it from another thread)."""
         table = plan.table
+        changed = self._source.has_rows(table, hour, end)
         deleted = None
-        if USER_KEY in table.derived and not is_user_dimension(table):
+        if changed and USER_KEY in table.derived and not is_user_dimension(table):
             deleted = self._source.deleted_users(table, hour, end)
-        staged = TableHour(plan, stage=f"stage_{table.name}", deleted=deleted)
+        staged = TableHour(plan, stage=f"stage_{table.name}", deleted=deleted, changed=changed)
         gone = self._source.deleted_keys(table, hour, end)
         if is_user_dimension(table):
             ids = pa.array([key for key, _ in gone], pa.int64())
@@ -441,6 +443,8 @@ class HourLoader:
         """The hour's rows of one table as the warehouse takes them, batch by batch; counts,
         soft-deleted users' keys and dates are noted on `item`."""
         plan, table = item.plan, item.plan.table
+        if not item.changed:
+            return
         shape = plan.source_shape()
         schema = plan.batch_schema()
         with closing(self._source.rows(shape, table, hour, end)) as stream:

@@ -65,6 +65,7 @@ class TableHour:
     stats: ReconStats | None = None  # the source's figures (routing pass, or beside the stream)
     direct: Bound | None = None  # rows with a key above it are COPYed straight into the target
     split: bool = False  # with `direct`: the rows at or below the bound go through a stage
+    changed: bool = True  # whether the source has rows of the hour (else none are read)
     rows: int = 0
     excluded: int = 0
     uri: str = ""

@@ -117,6 +117,15 @@ class HourSource:
             parse_threads=False,
         )
 
+    def has_rows(self, table: WarehouseTable, hour: datetime, end: datetime) -> bool:
+        """Whether the table has rows changed in the hour (one probe of its `updated_at`
+        index): an hour without any is not extracted, and no psql child is started for it."""
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            relation(table), hour_filter(hour, end)
+        )
+        row = self.shop.execute(query).fetchone()
+        return bool(row and row[0])
+
     def figures(
         self, table: WarehouseTable, hour: datetime, end: datetime, user_keys: UserKeys
     ) -> ReconStats:

@@ -24,6 +24,7 @@ from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
 from lifecycle_pipelines.warehouse.outcome import ReconciliationFailed
 from lifecycle_pipelines.warehouse.quality import check_hour
+from lifecycle_pipelines.warehouse.source import HourSource
 from tests.conftest import private_shop, resources_with_shop
 from tests.warehouse.recording import RecordingConnection
 
@@ -430,14 +431,23 @@ def own_schema(warehouse: Any) -> Iterator[str]:
     warehouse.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-def test_an_hour_without_changes_loads_nothing_and_reconciles(
-    shop: Any, warehouse: Any, local_stack: Any, own_schema: str
+def test_an_hour_without_changes_loads_nothing_extracts_nothing_and_reconciles(
+    shop: Any, warehouse: Any, local_stack: Any, own_schema: str, monkeypatch: Any
 ) -> None:
+    extracted: list[str] = []  # tables whose rows were read (a psql child each)
+    read_rows = HourSource.rows
+
+    def rows(self: HourSource, shape: Any, table: Any, *args: Any) -> Any:
+        extracted.append(table.name)
+        return read_rows(self, shape, table, *args)
+
+    monkeypatch.setattr(HourSource, "rows", rows)
     with (
         dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
         psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
     ):
         load = _loader(shop, conn, r.s3, own_schema).run(datetime(2020, 1, 1, 3, tzinfo=UTC))
+    assert extracted == []
     assert [(t.rows, t.source.rows) for t in load.tables] == [(0, 0)] * 4
     assert all(figures.rows == 0 for figures in load.figures.values())
     assert check_hour(load).success
