@@ -3,9 +3,10 @@
 The local warehouse loads its stage with `COPY ... FROM STDIN (FORMAT binary)`: PostgreSQL then
 reads numbers, numerics and timestamps in their binary form instead of parsing text, which is
 most of the cost of a text or CSV COPY. Every field of a row is `int32 length` (-1 for NULL) and
-the value in network byte order; each column is encoded as one Arrow binary array of such pieces
-and `binary_join_element_wise` concatenates them row by row, so the cost is a few vectorised
-passes per batch.
+the value in network byte order. Fixed-width fields, and the lengths of variable-width ones
+(text, and any column with NULLs), go into NumPy matrices, one row per tuple; the values of the
+variable-width fields stay Arrow binary arrays; `binary_join_element_wise` then concatenates the
+matrices' rows and those values row by row, so the cost is a few vectorised passes per batch.
 
 The encoding follows the warehouse type of each column (`warehouse/model.py`), and the Arrow
 column is cast to that type first (a lossy cast fails):
@@ -26,6 +27,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import TypeAlias
 
@@ -35,7 +37,6 @@ import pyarrow.compute as pc
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 TRAILER = struct.pack(">h", -1)
-NULL_FIELD = struct.pack(">i", -1)
 _PG_EPOCH_DAYS = 10_957  # 2000-01-01 - 1970-01-01
 _PG_EPOCH_MICROS = _PG_EPOCH_DAYS * 86_400 * 1_000_000
 _NUMERIC_POS, _NUMERIC_NEG = 0x0000, 0x4000
@@ -62,9 +63,19 @@ def _pieces(matrix: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
+@dataclass(frozen=True)
+class Prefixed:
+    """Variable-width fields as their fixed-width part, the (n, 4) lengths (-1 for NULL), and
+    the values' bytes (empty for NULL): the lengths join the fixed-width columns before them,
+    and no array of whole fields is built just to be joined again."""
+
+    lengths: np.ndarray
+    values: pa.Array
+
+
 # An encoded column: an (n, w) uint8 matrix when every field has the same width (no NULL in a
-# fixed-width column), else an Arrow binary array of the fields.
-Fields: TypeAlias = np.ndarray | pa.Array
+# fixed-width column), else `Prefixed`.
+Fields: TypeAlias = np.ndarray | Prefixed
 Encoder: TypeAlias = Callable[[pa.Array], Fields]
 
 
@@ -78,12 +89,21 @@ def _with_length(values: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _nulls_as_minus_one(column: pa.Array, fields: Fields) -> Fields:
-    """Replace the fields of NULL values by the NULL field (length -1, no data)."""
+def _nulls_as_minus_one(column: pa.Array, fields: np.ndarray) -> Fields:
+    """Fixed-width fields (an (n, 4 + w) matrix, lengths first) with the NULL values' fields
+    made NULL fields (length -1, no data): then `Prefixed`, the valid values' bytes packed."""
     if column.null_count == 0:
         return fields
-    pieces = _pieces(fields) if isinstance(fields, np.ndarray) else fields
-    return pc.if_else(pc.is_valid(column), pieces, pa.scalar(NULL_FIELD, pa.binary()))
+    n, width = len(fields), fields.shape[1] - 4
+    valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    lengths = np.where(valid, width, -1).astype(">i4").view(np.uint8).reshape(n, 4)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(valid * width, out=offsets[1:])
+    data = np.ascontiguousarray(fields[valid, 4:]).reshape(-1)
+    values = pa.Array.from_buffers(
+        pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return Prefixed(lengths, values)
 
 
 def _fixed(arrow_type: pa.DataType, wire: str) -> Encoder:
@@ -123,10 +143,9 @@ def _text(column: pa.Array) -> Fields:
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         column = pc.cast(column, pa.string())
     data = pc.cast(column, pa.binary())
-    lengths = pc.binary_length(data).fill_null(0).to_numpy().astype(">i4")
-    prefix = _pieces(lengths.view(np.uint8).reshape(len(lengths), 4))
-    pieces = pc.binary_join_element_wise(prefix, data, b"")
-    return _nulls_as_minus_one(column, pieces.fill_null(NULL_FIELD))
+    lengths = pc.binary_length(data).fill_null(-1).to_numpy().astype(">i4")
+    values = data.fill_null(b"") if data.null_count else data
+    return Prefixed(lengths.view(np.uint8).reshape(len(lengths), 4), values)
 
 
 def _numeric(precision: int, scale: int) -> Encoder:
@@ -249,10 +268,10 @@ class BinaryCopyEncoder:
             if isinstance(fields, np.ndarray):
                 run.append(fields)
                 continue
-            if run:
-                parts.append(_pieces(np.hstack(run)))
-                run = []
-            parts.append(fields)
+            run.append(fields.lengths)
+            parts.append(_pieces(np.hstack(run)))
+            parts.append(fields.values)
+            run = []
         if run:
             parts.append(_pieces(np.hstack(run)))
         rows = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, b"")
