@@ -7,6 +7,7 @@ import hashlib
 import hmac
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,14 +28,15 @@ _HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 class UserKeys:
     """HMAC-SHA256 (hex) of user ids under one key, computed once per distinct id.
 
-    The keyed state is prepared once and copied for each new id; the ids seen so far and their
-    keys are kept as aligned Arrow arrays, so a batch is mapped with `index_in` and `take` and
-    only ids never seen before reach Python. NULL stays NULL.
+    The keyed state is prepared once and copied for each new id. The ids seen so far are a
+    pandas Index (its hash table is built once per batch that brings new ids, not per batch)
+    aligned with an Arrow array of their keys, so a batch is mapped with one `get_indexer` and
+    one `take`, and only ids never seen before reach Python. NULL stays NULL.
     """
 
     def __init__(self, key: bytes) -> None:
         self._base = hmac.new(key, digestmod=hashlib.sha256)
-        self._ids: pa.Array = pa.array([], pa.int64())
+        self._ids = pd.Index(np.empty(0, np.int64))
         self._keys: pa.Array = pa.array([], pa.string())
 
     def _new_keys(self, ids: list[int]) -> pa.Array:
@@ -48,12 +50,16 @@ class UserKeys:
     def __call__(self, user_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
         ids = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
         ids = pc.cast(ids, pa.int64())
-        distinct = pc.drop_null(pc.unique(ids))
-        new = pc.filter(distinct, pc.invert(pc.is_in(distinct, value_set=self._ids)))
-        if len(new):
-            self._ids = pa.concat_arrays([self._ids, new])
-            self._keys = pa.concat_arrays([self._keys, self._new_keys(new.to_pylist())])
-        return pc.take(self._keys, pc.index_in(ids, value_set=self._ids))
+        valid = pc.is_valid(ids).to_numpy(zero_copy_only=False) if ids.null_count else None
+        values = ids.fill_null(0).to_numpy()
+        slots = self._ids.get_indexer(values)
+        unknown = slots < 0 if valid is None else (slots < 0) & valid
+        if unknown.any():
+            new = pd.unique(values[unknown])
+            self._keys = pa.concat_arrays([self._keys, self._new_keys(new.tolist())])
+            self._ids = self._ids.append(pd.Index(new))
+            slots = self._ids.get_indexer(values)
+        return self._keys.take(pa.array(slots, pa.int64(), mask=None if valid is None else ~valid))
 
 
 def user_keys(user_ids: pa.ChunkedArray | pa.Array, key: bytes) -> pa.Array:

@@ -41,6 +41,13 @@ def test_user_keys_remember_ids_across_batches_and_accept_chunked_input() -> Non
     assert UserKeys(b"other" * 8)(pa.array([3])).to_pylist() != [_hmac(3)]
 
 
+def test_user_keys_keep_null_apart_from_the_id_zero() -> None:
+    keys = UserKeys(KEY)
+    assert keys(pa.array([None, 5], pa.int64())).to_pylist() == [None, _hmac(5)]
+    assert keys(pa.array([0, None, 0], pa.int64())).to_pylist() == [_hmac(0), None, _hmac(0)]
+    assert keys(pa.array([None, None], pa.int64())).to_pylist() == [None, None]
+
+
 def test_without_users_nulls_exactly_the_excluded_ids() -> None:
     ids = pa.array([1, 2, None, 3, 2], pa.int64())
     assert without_users(ids, [2]).to_pylist() == [1, None, None, 3, None]
