@@ -18,11 +18,11 @@
      back). Rows whose key is above the target's greatest key cannot be in the target: they go
      straight into it when all of the hour's rows ("direct") or at least half of them ("split",
      the others MERGEd from a stage) are such rows (`warehouse/routing.py`, which takes the
-     locks before the stream then); otherwise every row goes into a temporary stage shaped
-     like the target and, under the locks, the rows at or below the target's greatest key are
-     MERGEd and those above it INSERTed without a join ("staged"). The MERGE updates a row only
-     when the staged version is not older and something changed, so re-running an hour writes
-     nothing;
+     locks before the stream then); otherwise every row goes into a stage (an UNLOGGED table
+     of the session, created and dropped in the load's transaction, `sql.create_stage`) and,
+     under the locks, the rows at or below the target's greatest key are MERGEd and those
+     above it INSERTed without a join ("staged"). The MERGE updates a row only when the
+     staged version is not older and something changed, so re-running an hour writes nothing;
    - Redshift: `COPY ... FROM 's3://...' IAM_ROLE ... FORMAT AS PARQUET` into a stage, staged
      rows older than the warehouse's dropped, then MERGE.
    The warehouse then computes its reconciliation figures of the hour's keys in the same
@@ -321,7 +321,7 @@ class HourLoader:
                 # first in the transaction: Redshift's snapshot isolation wants the lock up front
                 self._target.lock(cur, self._locked(staged))
                 for item in staged:
-                    cur.execute(sql.create_stage(item.stage, item.plan.columns))
+                    cur.execute(sql.create_stage(item.stage, item.plan.columns, "redshift"))
                     cur.execute(sql.redshift_copy(item.stage, item.uri, self.role or ""))
                 self._merge_all(cur, staged, result, locked=True)
                 self._check_before_commit(staged, result)
@@ -395,7 +395,7 @@ class HourLoader:
             result.figures[table.name] = figures.plus(superseded) if superseded else figures
             clock.lap("reconciliation_figures")
             if item.has_stage:
-                cur.execute(f"DROP TABLE {sql.ident(stage)}")
+                cur.execute(sql.drop_stage(stage))
             target.purge(cur, table, item.purge)
             target.apply_deletions(cur, table, item.plan.key_type, hour, item.deletions)
             dates.update(item.dates)
@@ -412,7 +412,8 @@ class HourLoader:
         deleted = None
         if changed and USER_KEY in table.derived and not is_user_dimension(table):
             deleted = self._source.deleted_users(table, hour, end)
-        staged = TableHour(plan, stage=f"stage_{table.name}", deleted=deleted, changed=changed)
+        stage = self._target.stage_for(table.name)
+        staged = TableHour(plan, stage=stage, deleted=deleted, changed=changed)
         gone = self._source.deleted_keys(table, hour, end)
         if is_user_dimension(table):
             ids = pa.array([key for key, _ in gone], pa.int64())

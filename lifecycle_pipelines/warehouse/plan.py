@@ -12,6 +12,7 @@ import pyarrow as pa
 from lifecycle_pipelines.archive.columns import SourceColumn, TableShape
 from lifecycle_pipelines.archive.stats import ReconStats
 from lifecycle_pipelines.warehouse.model import USER_KEY, WarehouseTable
+from lifecycle_pipelines.warehouse.sql import Relation
 from lifecycle_pipelines.warehouse.target import Bound
 
 
@@ -60,7 +61,7 @@ class TableHour:
     """One table's hour: what was extracted and where it was staged."""
 
     plan: TablePlan
-    stage: str
+    stage: Relation  # `WarehouseTarget.stage_for`
     deleted: pa.Array | None  # soft-deleted users among the rows (tables with a user key)
     stats: ReconStats | None = None  # the source's figures (routing pass, or beside the stream)
     direct: Bound | None = None  # rows with a key above it are COPYed straight into the target
@@ -76,7 +77,7 @@ class TableHour:
 
     @property
     def has_stage(self) -> bool:
-        """Whether rows went through the temporary stage (staged and split loads)."""
+        """Whether rows went through the stage (staged and split loads)."""
         return self.direct is None or self.split
 
     @property

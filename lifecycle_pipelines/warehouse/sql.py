@@ -11,7 +11,7 @@ decided in `loader.py`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from psycopg import sql
 
@@ -20,6 +20,9 @@ from lifecycle_pipelines.warehouse.model import USER_KEY, USER_KEY_HEX_DIGITS, U
 
 if TYPE_CHECKING:
     from lifecycle_pipelines.warehouse.model import Engine, WarehouseTable
+
+
+Relation: TypeAlias = tuple[str, ...]  # a table's name, schema-qualified or not
 
 
 def render(statement: sql.Composable) -> str:
@@ -58,35 +61,44 @@ def add_column(schema: str, table: str, column: str, type_: str) -> str:
     return f"ALTER TABLE {ident(schema, table)} ADD COLUMN {ident(column)} {type_}"
 
 
-def create_stage(stage: str, columns: list[tuple[str, str]]) -> str:
-    """A temporary staging table with the load's columns in the load's order (dropped with the
-    session). Not `LIKE` the target: Redshift's COPY from Parquet maps columns by position, and
-    a target that gained a column at its end no longer has the staged file's order."""
+def create_stage(stage: Relation, columns: list[tuple[str, str]], engine: Engine) -> str:
+    """A staging table with the load's columns in the load's order, created inside the load's
+    transaction and dropped before its commit (`drop_stage`), so a failed load leaves none.
+    PostgreSQL: UNLOGGED, in the warehouse schema under a name of the session's own (parallel
+    workers can scan it, as they cannot a temporary table, and it writes no WAL); Redshift: a
+    temporary table. Not `LIKE` the target: Redshift's COPY from Parquet maps columns by
+    position, and a target that gained a column at its end no longer has the staged file's
+    order."""
     body = ", ".join(f"{ident(name)} {type_}" for name, type_ in columns)
-    return f"CREATE TEMP TABLE {ident(stage)} ({body})"
+    kind = "UNLOGGED" if engine == "postgres" else "TEMP"
+    return f"CREATE {kind} TABLE {ident(*stage)} ({body})"
 
 
-def analyze(stage: str) -> str:
-    """Gather a stage's statistics (PostgreSQL: autovacuum never analyses temporary tables)."""
-    return f"ANALYZE {ident(stage)}"
+def analyze(stage: Relation) -> str:
+    """Gather a stage's statistics (PostgreSQL: the MERGE would plan for a guessed size)."""
+    return f"ANALYZE {ident(*stage)}"
 
 
-def drop_older(schema: str, table: str, stage: str, key: str, version: str) -> str:
+def drop_stage(stage: Relation) -> str:
+    return f"DROP TABLE {ident(*stage)}"
+
+
+def drop_older(schema: str, table: str, stage: Relation, key: str, version: str) -> str:
     """Drop staged rows older than the warehouse's (a late re-run never moves a row back)."""
     return (
-        f"DELETE FROM {ident(stage)} USING {ident(schema, table)} t "
-        f"WHERE {ident(stage)}.{ident(key)} = t.{ident(key)} "
-        f"AND {ident(stage)}.{ident(version)} < t.{ident(version)}"
+        f"DELETE FROM {ident(*stage)} USING {ident(schema, table)} t "
+        f"WHERE {ident(*stage)}.{ident(key)} = t.{ident(key)} "
+        f"AND {ident(*stage)}.{ident(version)} < t.{ident(version)}"
     )
 
 
-def merge(schema: str, table: str, stage: str, key: str, columns: list[str]) -> str:
+def merge(schema: str, table: str, stage: Relation, key: str, columns: list[str]) -> str:
     """MERGE the staged rows into the target: update matches, insert the rest."""
     updates = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in columns if c != key)
     names = ", ".join(ident(c) for c in columns)
     values = ", ".join(f"s.{ident(c)}" for c in columns)
     return (
-        f"MERGE INTO {ident(schema, table)} USING {ident(stage)} s "
+        f"MERGE INTO {ident(schema, table)} USING {ident(*stage)} s "
         f"ON {ident(schema, table)}.{ident(key)} = s.{ident(key)} "
         f"WHEN MATCHED THEN UPDATE SET {updates} "
         f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})"
@@ -99,7 +111,7 @@ def greatest_key(schema: str, table: str, key: str) -> str:
 
 
 def insert_new(
-    schema: str, table: str, stage: str, key: str, columns: list[str], *, above: bool
+    schema: str, table: str, stage: Relation, key: str, columns: list[str], *, above: bool
 ) -> str:
     """INSERT the staged rows that cannot be in the target (PostgreSQL): with `above`, those
     whose key is above the bound parameter, the target's greatest key read under the table
@@ -107,13 +119,15 @@ def insert_new(
     an hour's new orders, whose keys come after every loaded one, take this path."""
     names = ", ".join(ident(c) for c in columns)
     where = f" WHERE {ident(key)} > %s" if above else ""
-    return f"INSERT INTO {ident(schema, table)} ({names}) SELECT {names} FROM {ident(stage)}{where}"
+    return (
+        f"INSERT INTO {ident(schema, table)} ({names}) SELECT {names} FROM {ident(*stage)}{where}"
+    )
 
 
 def merge_changed(
     schema: str,
     table: str,
-    stage: str,
+    stage: Relation,
     key: str,
     columns: list[str],
     version: str | None,
@@ -131,10 +145,10 @@ def merge_changed(
     others = [c for c in columns if c != key]
     names = ", ".join(ident(c) for c in columns)
     values = ", ".join(f"s.{ident(c)}" for c in columns)
-    source = ident(stage)
+    source = ident(*stage)
     on = f"t.{ident(key)} = s.{ident(key)}"
     if up_to_key:
-        source = f"(SELECT * FROM {ident(stage)} WHERE {ident(key)} <= %s)"
+        source = f"(SELECT * FROM {ident(*stage)} WHERE {ident(key)} <= %s)"
         on += f" AND t.{ident(key)} <= %s"
     statement = f"MERGE INTO {target} AS t USING {source} AS s ON {on} "
     if others:
@@ -159,9 +173,9 @@ def lock_tables(schema: str, tables: list[str], engine: Engine) -> str:
     return f"LOCK {names}"
 
 
-def copy_binary(table: tuple[str, ...], columns: list[str]) -> str:
-    """COPY the columns, in this order, of a stage (`(stage,)`) or a target (`(schema, table)`)
-    from binary COPY data (PostgreSQL)."""
+def copy_binary(table: Relation, columns: list[str]) -> str:
+    """COPY the columns, in this order, of a stage or a target (`(schema, table)`) from binary
+    COPY data (PostgreSQL)."""
     names = ", ".join(ident(c) for c in columns)
     return f"COPY {ident(*table)} ({names}) FROM STDIN (FORMAT binary)"
 
@@ -188,16 +202,16 @@ def _figure_columns(table: WarehouseTable, engine: Engine) -> str:
     return render(figures_sql(key, list(table.money), alias="t"))
 
 
-def _staged_reached(table: WarehouseTable, stage: str) -> str:
+def _staged_reached(table: WarehouseTable, stage: Relation) -> str:
     """The warehouse row `t` is the one of a staged key, and the staged version reached it (a
     newer row already there is not this hour's)."""
     match = f"s.{ident(table.key)} = t.{ident(table.key)}"
     if table.version:
         match += f" AND s.{ident(table.version)} >= t.{ident(table.version)}"
-    return f"EXISTS (SELECT 1 FROM {ident(stage)} s WHERE {match})"
+    return f"EXISTS (SELECT 1 FROM {ident(*stage)} s WHERE {match})"
 
 
-def figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> str:
+def figures(schema: str, table: WarehouseTable, stage: Relation, engine: Engine) -> str:
     """The warehouse's reconciliation figures of the hour, both engines, one row: count, key
     sum, key checksum (the source's h(k)) and money sums in cents over the warehouse rows of the
     staged keys that the staged version reached. A semi-join: each warehouse row counts once,
@@ -208,7 +222,7 @@ def figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> s
     )
 
 
-def superseded_figures(schema: str, table: WarehouseTable, stage: str, engine: Engine) -> str:
+def superseded_figures(schema: str, table: WarehouseTable, stage: Relation, engine: Engine) -> str:
     """The figures of the staged rows the warehouse already holds in a newer version, from the
     stage (both engines; run before the MERGE, as Redshift's `drop_older` removes them): a
     load of an hour whose snapshot was taken before a row changed again, when the later hour
@@ -218,7 +232,7 @@ def superseded_figures(schema: str, table: WarehouseTable, stage: str, engine: E
         raise ValueError(f"{table.name}: no version column")
     key, version = ident(table.key), ident(table.version)
     return (
-        f"SELECT {_figure_columns(table, engine)} FROM {ident(stage)} t WHERE EXISTS "
+        f"SELECT {_figure_columns(table, engine)} FROM {ident(*stage)} t WHERE EXISTS "
         f"(SELECT 1 FROM {ident(schema, table.name)} w "
         f"WHERE w.{key} = t.{key} AND w.{version} > t.{version})"
     )
@@ -227,7 +241,7 @@ def superseded_figures(schema: str, table: WarehouseTable, stage: str, engine: E
 def figures_split(
     schema: str,
     table: WarehouseTable,
-    stage: str | None,
+    stage: Relation | None,
     *,
     target_was_empty: bool,
     engine: Engine = "postgres",
@@ -251,11 +265,11 @@ def figures_split(
     )
 
 
-def redshift_copy(stage: str, s3_uri: str, iam_role_arn: str) -> str:
+def redshift_copy(stage: Relation, s3_uri: str, iam_role_arn: str) -> str:
     """COPY staged Parquet from S3 (Redshift only)."""
     quote = render(sql.Literal(s3_uri))
     role = render(sql.Literal(iam_role_arn))
-    return f"COPY {ident(stage)} FROM {quote} IAM_ROLE {role} FORMAT AS PARQUET"
+    return f"COPY {ident(*stage)} FROM {quote} IAM_ROLE {role} FORMAT AS PARQUET"
 
 
 # -- erasure and exclusion (bound parameters: `%s` is the paramstyle of psycopg and of

@@ -3,8 +3,8 @@
 The batches are encoded as binary COPY tuples and sent by a writer thread (a short queue: the
 encoder waits for the COPY rather than run ahead of it) into the target itself
 (direct and split tables; for a split one only the rows above the bound, the others are spooled
-to a local file and COPYed into the stage after the stream) or into a temporary stage shaped
-like the target. The same batches are written to the staged Parquet by the single worker of a
+to a local file and COPYed into the stage after the stream) or into a stage (an UNLOGGED
+table of the load's transaction, `sql.create_stage`). The same batches are written to the staged Parquet by the single worker of a
 pool (in order, at most a few batches behind), which then uploads it.
 """
 
@@ -43,16 +43,15 @@ def stream_table_hour(
 ) -> Future[str]:
     """COPY `batches` (the hour's rows of `item`'s table, as the warehouse takes them) into the
     target `schema.<table>` or into the item's stage, by its route; stages are analysed after
-    (a temporary table has no statistics until then, and the MERGE would plan for a guessed
-    size). Returns the Parquet's upload, which `pool` runs after the writes: `upload(path)`
+    (a new table has no statistics until then, and the MERGE would plan for a guessed size). Returns the Parquet's upload, which `pool` runs after the writes: `upload(path)`
     gives the object's URI."""
     plan = item.plan
     order = BinaryCopyEncoder.copy_order(plan.columns)
     columns = [name for name, _ in order]
-    into: tuple[str, ...] = (schema, plan.table.name)
+    into: sql.Relation = (schema, plan.table.name)
     if item.direct is None:
-        cur.execute(sql.create_stage(item.stage, plan.columns))
-        into = (item.stage,)
+        cur.execute(sql.create_stage(item.stage, plan.columns, "postgres"))
+        into = item.stage
     encoder = BinaryCopyEncoder(order)
     parquet = ParquetStage(folder / f"{plan.table.name}.parquet", plan.batch_schema())
     pending: deque[Future[None]] = deque()
@@ -79,8 +78,8 @@ def stream_table_hour(
         if spool is not None:
             spool.write(TRAILER)
             spool.seek(0)
-            cur.execute(sql.create_stage(item.stage, plan.columns))
-            with cur.copy(sql.copy_binary((item.stage,), columns)) as copy:
+            cur.execute(sql.create_stage(item.stage, plan.columns, "postgres"))
+            with cur.copy(sql.copy_binary(item.stage, columns)) as copy:
                 while chunk := spool.read(SPOOL_CHUNK_BYTES):
                     copy.write(chunk)
         if item.has_stage:

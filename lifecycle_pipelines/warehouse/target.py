@@ -8,6 +8,7 @@ The SQL text comes from `warehouse/sql.py`; which engine's statements run is dec
 from __future__ import annotations
 
 import hashlib
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,17 @@ class WarehouseTarget:
         self.conn = conn
         self.engine = engine
         self.schema = schema
+
+    def stage_for(self, table: str) -> sql.Relation:
+        """The name of a table's stage (`sql.create_stage`). PostgreSQL: in the warehouse schema,
+        named after the session's server process, which no other live session shares (two
+        loads creating one name would wait on each other until the first commits); Redshift:
+        a temporary table of the session."""
+        if self.engine != "postgres":
+            return (f"stage_{table}",)
+        session = getattr(getattr(self.conn, "info", None), "backend_pid", None)
+        token = str(session) if session else secrets.token_hex(4)
+        return (self.schema, f"stage_{table}_{token}")
 
     def create_tables(
         self, tables: list[tuple[WarehouseTable, list[tuple[str, str]]]]
@@ -120,7 +132,7 @@ class WarehouseTarget:
         return Bound(row[0] if row else None)
 
     def insert_new_and_merge(
-        self, cur: Any, table: WarehouseTable, stage: str, names: list[str]
+        self, cur: Any, table: WarehouseTable, stage: sql.Relation, names: list[str]
     ) -> Bound:
         """PostgreSQL: read the target's greatest key (under the lock), MERGE the staged rows at
         or below it, then INSERT those above it (they cannot be in the target; after the MERGE,
@@ -140,7 +152,12 @@ class WarehouseTarget:
         return bound
 
     def merge_staged(
-        self, cur: Any, table: WarehouseTable, stage: str, names: list[str], bound: Bound
+        self,
+        cur: Any,
+        table: WarehouseTable,
+        stage: sql.Relation,
+        names: list[str],
+        bound: Bound,
     ) -> None:
         """PostgreSQL: MERGE the staged rows of a split load (every one at or below `bound`;
         those above it went straight into the target)."""
@@ -149,14 +166,16 @@ class WarehouseTarget:
         )
         cur.execute(merge, (bound.key, bound.key))
 
-    def merge_redshift(self, cur: Any, table: WarehouseTable, stage: str, names: list[str]) -> None:
+    def merge_redshift(
+        self, cur: Any, table: WarehouseTable, stage: sql.Relation, names: list[str]
+    ) -> None:
         """Redshift: drop staged rows older than the warehouse's, then MERGE."""
         if table.version:
             cur.execute(sql.drop_older(self.schema, table.name, stage, table.key, table.version))
         cur.execute(sql.merge(self.schema, table.name, stage, table.key, names))
 
     def figures(
-        self, cur: Any, table: WarehouseTable, stage: str | None, bound: Bound | None
+        self, cur: Any, table: WarehouseTable, stage: sql.Relation | None, bound: Bound | None
     ) -> ReconStats:
         """The reconciliation figures of the hour's rows as the warehouse now holds them,
         computed by the warehouse in one row: `sql.figures` over the staged keys when there is
@@ -179,7 +198,7 @@ class WarehouseTarget:
             cur.execute(statement, (bound.key,) if stage is None else (bound.key, bound.key))
         return stats_of_row(cur.fetchone(), list(table.money))
 
-    def superseded(self, cur: Any, table: WarehouseTable, stage: str) -> ReconStats | None:
+    def superseded(self, cur: Any, table: WarehouseTable, stage: sql.Relation) -> ReconStats | None:
         """The figures of the staged rows the warehouse holds in a newer version
         (`sql.superseded_figures`), or None for a table without a version column."""
         if not table.version:
@@ -233,5 +252,5 @@ class WarehouseTarget:
             )
         cur.executemany("INSERT INTO stage_dim_date VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
         columns = [c for c, _ in DIM_DATE_COLUMNS]
-        cur.execute(sql.merge(self.schema, "dim_date", "stage_dim_date", "date_key", columns))
+        cur.execute(sql.merge(self.schema, "dim_date", ("stage_dim_date",), "date_key", columns))
         cur.execute("DROP TABLE stage_dim_date")

@@ -19,12 +19,14 @@ from lifecycle_pipelines.assets.warehouse.hourly_asset import _hour
 from lifecycle_pipelines.environments import resources_for
 from lifecycle_pipelines.local.stack import LocalStack, StackInfo
 from lifecycle_pipelines.resources import S3Resource
+from lifecycle_pipelines.warehouse import sql
 from lifecycle_pipelines.warehouse.binary_copy import BinaryCopyEncoder
 from lifecycle_pipelines.warehouse.loader import HourLoader
 from lifecycle_pipelines.warehouse.model import TABLES
 from lifecycle_pipelines.warehouse.outcome import ReconciliationFailed
 from lifecycle_pipelines.warehouse.quality import check_hour
 from lifecycle_pipelines.warehouse.source import HourSource
+from lifecycle_pipelines.warehouse.target import WarehouseTarget
 from tests.conftest import private_shop, resources_with_shop
 from tests.warehouse.recording import RecordingConnection
 
@@ -485,6 +487,56 @@ def test_a_failure_mid_stream_changes_nothing_and_leaves_both_connections_usable
         load = loader.run(hour)  # the same connections load the hour afterwards
     assert check_hour(load).success
     assert warehouse.execute(f'SELECT count(*) FROM "{own_schema}".fact_orders').fetchone()[0] > 0
+
+
+def _stages_left(warehouse: Any, schema: str) -> int:
+    return int(
+        warehouse.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname LIKE 'stage\\_%%'",
+            (schema,),
+        ).fetchone()[0]
+    )
+
+
+def test_stages_are_unlogged_tables_of_the_load_dropped_before_its_commit(
+    shop: Any, warehouse: Any, local_stack: Any, own_schema: str, monkeypatch: Any
+) -> None:
+    """Unlogged, not temporary: parallel workers can scan the stage for the figures' join.
+    Created in the load's transaction: a failed load leaves none behind."""
+    seen: list[tuple[str, str]] = []
+    figures = WarehouseTarget.figures
+
+    def spy(self: WarehouseTarget, cur: Any, table: Any, stage: Any, bound: Any) -> Any:
+        if stage is not None:
+            cur.execute(
+                "SELECT relpersistence::text, relnamespace::regnamespace::text FROM pg_class"
+                " WHERE oid = to_regclass(%s)",
+                (sql.ident(*stage),),
+            )
+            seen.append(cur.fetchone())
+        return figures(self, cur, table, stage, bound)
+
+    hour = _busiest_hour(shop)
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse")) as conn,
+    ):
+        loader = _loader(shop, conn, r.s3, own_schema)
+        loader.run(hour)
+        monkeypatch.setattr(WarehouseTarget, "figures", spy)
+        again = loader.run(hour)  # every key is in the target now: the orders are staged
+        assert {t.table.name: t.path for t in again.tables}["fact_orders"] == "staged"
+        assert seen and set(seen) == {("u", own_schema)}
+        assert _stages_left(warehouse, own_schema) == 0
+        monkeypatch.setattr(BinaryCopyEncoder, "encode", _broken_encoder)
+        with pytest.raises(RuntimeError, match="encoder broke"):
+            loader.run(hour)
+    assert _stages_left(warehouse, own_schema) == 0
+
+
+def _broken_encoder(self: Any, batch: Any) -> Any:
+    raise RuntimeError("encoder broke")
 
 
 def _tamper(table: str, damage: Any) -> Any:
