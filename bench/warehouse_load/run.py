@@ -9,9 +9,9 @@ that, then the table is vacuumed), then, each in its own process and into an emp
               warehouse fact table has (for information: the key's upkeep is a cost no load
               into the star schema can avoid);
 - ours:       HourLoader for that hour: extract in one snapshot, HMAC user keys, Parquet staged
-              on S3, binary COPY into a temporary stage, lock, MERGE, the GX reconciliation
-              check inside the transaction (as the asset runs it; GX imported beforehand),
-              commit;
+              on S3, binary COPY straight into the target (the warehouse is empty: no MERGE
+              needed), the GX reconciliation check inside the transaction (as the asset runs
+              it; GX imported beforehand), commit;
 - ours-mixed: the same hour into a warehouse that holds older versions of its 10% lowest keys
               (as an hour of new orders plus changes to older ones): the new keys are
               INSERTed, the changed rows MERGEd;

@@ -8,8 +8,9 @@
    source's reconciliation figures describe the same state. Rows whose `updated_at` falls in the
    hour stream out of PostgreSQL as CSV COPY parsed into Arrow batches (by a `psql` child that
    imports the snapshot when one is found, no Python work per row; else by psycopg); a table
-   without rows in the hour is not read at all. Memory is bounded by the batch, not the hour. User ids become HMAC-SHA256 keys (computed once per
-   distinct id) and personal columns are never selected; each table is written as Parquet (by a
+   without rows in the hour is not read at all. Memory is bounded by the batch, not the hour.
+   User ids become HMAC-SHA256 keys (computed once per distinct id) and personal columns are
+   never selected; each table is written as Parquet (by a
    background thread) to the staging bucket under a deterministic key.
 4. One warehouse transaction loads every table, then MERGEs under the tables' locks (taken in
    one statement, one fixed order):
@@ -197,6 +198,11 @@ class HourLoader:
                 "shop: the source connection must be in autocommit mode (the load reads the hour "
                 "in a snapshot transaction of its own); nothing was loaded"
             )
+        if getattr(self.warehouse, "autocommit", False) is not False:
+            raise ValueError(
+                "warehouse: the warehouse connection must not be in autocommit mode (the load, "
+                "its stages included, is one transaction); nothing was loaded"
+            )
         if self.engine == "postgres" and isinstance(self.warehouse, psycopg.Connection):
             # The bound read under the targets' locks must see what other loads committed:
             # READ COMMITTED, whatever the server's default_transaction_isolation says.
@@ -362,7 +368,8 @@ class HourLoader:
         self, cur: Any, staged: list[TableHour], result: HourLoad, *, locked: bool = False
     ) -> None:
         """Lock the targets (one statement, fixed order: no deadlock between loads), MERGE every
-        stage, read the warehouse's reconciliation figures, delete soft-deleted users, add the dates."""
+        stage, read the warehouse's reconciliation figures, delete soft-deleted users, add the
+        dates."""
         clock = _Clock(result.phases)
         target = self._target
         if not locked:

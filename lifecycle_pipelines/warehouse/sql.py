@@ -63,12 +63,12 @@ def add_column(schema: str, table: str, column: str, type_: str) -> str:
 
 def create_stage(stage: Relation, columns: list[tuple[str, str]], engine: Engine) -> str:
     """A staging table with the load's columns in the load's order, created inside the load's
-    transaction and dropped before its commit (`drop_stage`), so a failed load leaves none.
-    PostgreSQL: UNLOGGED, in the warehouse schema under a name of the session's own (parallel
-    workers can scan it, as they cannot a temporary table, and it writes no WAL); Redshift: a
-    temporary table. Not `LIKE` the target: Redshift's COPY from Parquet maps columns by
-    position, and a target that gained a column at its end no longer has the staged file's
-    order."""
+    transaction and dropped before its commit (`drop_stage`), so a failed load leaves none (the
+    loader refuses a connection in autocommit mode). PostgreSQL: UNLOGGED, in the warehouse
+    schema under a name of the session's own (parallel workers can scan it, as they cannot a
+    temporary table, and its rows write no WAL); Redshift: a temporary table. Not `LIKE` the
+    target: Redshift's COPY from Parquet maps columns by position, and a target that gained a
+    column at its end no longer has the staged file's order."""
     body = ", ".join(f"{ident(name)} {type_}" for name, type_ in columns)
     kind = "UNLOGGED" if engine == "postgres" else "TEMP"
     return f"CREATE {kind} TABLE {ident(*stage)} ({body})"

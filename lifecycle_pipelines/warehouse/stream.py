@@ -4,8 +4,9 @@ The batches are encoded as binary COPY tuples and sent by a writer thread (a sho
 encoder waits for the COPY rather than run ahead of it) into the target itself
 (direct and split tables; for a split one only the rows above the bound, the others are spooled
 to a local file and COPYed into the stage after the stream) or into a stage (an UNLOGGED
-table of the load's transaction, `sql.create_stage`). The same batches are written to the staged Parquet by the single worker of a
-pool (in order, at most a few batches behind), which then uploads it.
+table of the load's transaction, `sql.create_stage`). The same batches are written to the
+staged Parquet by the single worker of a pool (in order, at most a few batches behind), which
+then uploads it.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def stream_table_hour(
 ) -> Future[str]:
     """COPY `batches` (the hour's rows of `item`'s table, as the warehouse takes them) into the
     target `schema.<table>` or into the item's stage, by its route; stages are analysed after
-    (a new table has no statistics until then, and the MERGE would plan for a guessed size). Returns the Parquet's upload, which `pool` runs after the writes: `upload(path)`
-    gives the object's URI."""
+    (a new table has no statistics until then, and the MERGE would plan for a guessed size).
+    Returns the Parquet's upload, which `pool` runs after the writes: `upload(path)` gives the
+    object's URI."""
     plan = item.plan
     order = BinaryCopyEncoder.copy_order(plan.columns)
     columns = [name for name, _ in order]

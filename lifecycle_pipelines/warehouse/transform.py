@@ -30,8 +30,9 @@ class UserKeys:
 
     The keyed state is prepared once and copied for each new id. The ids seen so far are a
     pandas Index (its hash table is built once per batch that brings new ids, not per batch)
-    aligned with an Arrow array of their keys, so a batch is mapped with one `get_indexer` and
-    one `take`, and only ids never seen before reach Python. NULL stays NULL.
+    aligned with an Arrow array of their keys, so a batch is mapped with `get_indexer` (again
+    after learning new ids) and one `take`, and only ids never seen before reach Python. NULL
+    stays NULL.
     """
 
     def __init__(self, key: bytes) -> None:

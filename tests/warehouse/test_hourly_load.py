@@ -704,6 +704,21 @@ def test_a_source_connection_inside_a_transaction_is_refused(
             loader.run(datetime(2020, 1, 1, tzinfo=UTC))
 
 
+def test_a_warehouse_connection_in_autocommit_mode_is_refused_and_nothing_created(
+    shop: Any, warehouse: Any, local_stack: Any, own_schema: str
+) -> None:
+    """Each statement would commit on its own: a load failing half-way would leave its stages
+    (unlogged tables in the warehouse schema) and half an hour behind."""
+    with (
+        dg.build_resources({"s3": resources_for("local")["s3"]}) as r,
+        psycopg.connect(local_stack[0].app_conninfo("warehouse"), autocommit=True) as conn,
+        pytest.raises(ValueError, match=r"^warehouse: .*autocommit"),
+    ):
+        _loader(shop, conn, r.s3, own_schema).run(_busiest_hour(shop))
+    row = warehouse.execute("SELECT to_regnamespace(%s)", (own_schema,)).fetchone()
+    assert row == (None,)
+
+
 def test_psql_and_psycopg_extraction_land_the_same_rows(
     shop: Any, warehouse: Any, local_stack: Any
 ) -> None:
