@@ -35,8 +35,10 @@
 
 Soft-deleted users (the shop's `users.deleted_at` is set by an erasure request or an account
 closure) are excluded from the moment of the soft delete: their rows of the hour are not loaded
-into dim_users and their existing dim_users row is deleted in the load's transaction; fact_orders
-rows of the hour whose user is soft-deleted are loaded with `user_key` NULL. The hard delete
+into dim_users, and the soft delete is recorded as a deletion of their key at its version, which
+deletes their dim_users row in the load's transaction (a user restored since, whose newer row a
+later hour loaded first, stays); fact_orders rows of the hour whose user is soft-deleted are
+loaded with `user_key` NULL. The hard delete
 (`warehouse/eraser.py`) later nulls their older fact rows too.
 """
 
@@ -403,7 +405,6 @@ class HourLoader:
             clock.lap("reconciliation_figures")
             if item.has_stage:
                 cur.execute(sql.drop_stage(stage))
-            target.purge(cur, table, item.purge)
             target.apply_deletions(cur, table, item.plan.key_type, hour, item.deletions)
             dates.update(item.dates)
         target.merge_dates(cur, sorted(dates))
@@ -474,12 +475,12 @@ class HourLoader:
                 if count:
                     item.excluded += count
                     leaving = batch.filter(gone)
-                    purge = keys(leaving.column("user_id")).to_pylist()
-                    item.purge.extend(k for k in purge if k is not None)
-                    # kept in the warehouse: a slower load of an older hour cannot bring it back
+                    # deleted by version, and kept in the warehouse: a slower load of an older
+                    # hour cannot bring the user back, nor delete a restored user's newer row
+                    gone_keys = keys(leaving.column("user_id")).to_pylist()
                     versions = leaving.column("updated_at").to_pylist()
                     item.deletions.extend(
-                        (k, at) for k, at in zip(purge, versions, strict=True) if k is not None
+                        (k, at) for k, at in zip(gone_keys, versions, strict=True) if k is not None
                     )
                     batch = batch.filter(pc.invert(gone))
             arrays = {name: batch.column(name) for name in batch.schema.names}

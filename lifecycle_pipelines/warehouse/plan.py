@@ -70,7 +70,6 @@ class TableHour:
     rows: int = 0
     excluded: int = 0
     uri: str = ""
-    purge: list[str] = field(default_factory=list)  # keys to delete (soft-deleted users)
     # (key, when) of rows deleted in the source, and of users soft-deleted (dim_users)
     deletions: list[tuple[Any, datetime]] = field(default_factory=list)
     dates: set[int] = field(default_factory=set)

@@ -298,13 +298,6 @@ def null_matching(schema: str, table: str, column: str) -> str:
     return f"UPDATE {ident(schema, table)} SET {ident(column)} = NULL WHERE {ident(column)} = %s"
 
 
-def delete_keys(schema: str, table: str, key: str, count: int) -> str:
-    """Delete the rows whose `key` is one of `count` bound values (no array parameters: Redshift
-    has no `= ANY(%s)`)."""
-    values = ", ".join(["%s"] * count)
-    return f"DELETE FROM {ident(schema, table)} WHERE {ident(key)} IN ({values})"
-
-
 # -- source deletions kept in the warehouse ----------------------------------------------------
 DELETIONS_TABLE = "source_deletions"
 

@@ -25,7 +25,7 @@ from lifecycle_pipelines.warehouse.model import (
     catalog_type,
 )
 
-PURGE_CHUNK = 1_000  # bound values per DELETE ... IN (...)
+DELETIONS_CHUNK = 1_000  # recorded deletions per INSERT (Redshift runs executemany row by row)
 DDL_LOCK_NAMESPACE = "lifecycle_pipelines.warehouse.ddl"
 
 
@@ -206,13 +206,6 @@ class WarehouseTarget:
         cur.execute(sql.superseded_figures(self.schema, table, stage, self.engine))
         return stats_of_row(cur.fetchone(), list(table.money))
 
-    def purge(self, cur: Any, table: WarehouseTable, keys: Sequence[Any]) -> None:
-        """Delete the rows of these keys (soft-deleted users, rows deleted in the source):
-        bound keys, in chunks."""
-        for start in range(0, len(keys), PURGE_CHUNK):
-            chunk = tuple(keys[start : start + PURGE_CHUNK])
-            cur.execute(sql.delete_keys(self.schema, table.name, table.key, len(chunk)), chunk)
-
     def apply_deletions(
         self,
         cur: Any,
@@ -228,8 +221,8 @@ class WarehouseTarget:
         start, end = hour
         cur.execute(sql.forget_deletions(self.schema), (table.name, start, end))
         rows = sorted({(table.name, str(key), at) for key, at in deletions})
-        for first in range(0, len(rows), PURGE_CHUNK):
-            chunk = rows[first : first + PURGE_CHUNK]
+        for first in range(0, len(rows), DELETIONS_CHUNK):
+            chunk = rows[first : first + DELETIONS_CHUNK]
             flat = tuple(value for row in chunk for value in row)
             cur.execute(sql.record_deletions(self.schema, len(chunk)), flat)
         cur.execute(sql.delete_deleted_rows(self.schema, table, key_type), (table.name, start))

@@ -1,10 +1,13 @@
 """Hours whose loads interleave, or load in either order: hard deletes reach the warehouse by
 version (a key deleted then inserted again stays), a row deleted while an older hour was being
-loaded does not come back when that load commits after the deletion's own hour, and a row
-changed meanwhile keeps its newer version while the older hour still reconciles."""
+loaded does not come back when that load commits after the deletion's own hour, a row
+changed meanwhile keeps its newer version while the older hour still reconciles, and a user
+restored meanwhile stays."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -192,3 +195,48 @@ def test_a_row_changed_while_an_older_hour_loads_keeps_its_newer_version_and_bot
         source = shop.execute(query.format("order_items"), (item,)).fetchone()
         held = wh.execute(query.format(f'"{schema}".fact_order_items'), (item,)).fetchone()
     assert held == source  # the newer version
+
+
+def test_a_user_restored_while_the_hour_of_their_soft_delete_loads_stays(
+    local_stack: Any, shop_db: str, s3: Any, schema: str, monkeypatch: Any
+) -> None:
+    """H1's snapshot has user U soft-deleted; U is restored, and H2 (the restore's hour) loads
+    and commits before H1 takes its locks. H1 leaves U out and deletes only U's rows older
+    than the soft delete: the restored row, newer, stays."""
+    stack = local_stack[0]
+    h1 = datetime(2025, 3, 3, 10, tzinfo=UTC)
+    h2 = h1 + timedelta(hours=1)
+    with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as shop:
+        ensure_source_schema(shop)
+        row = shop.execute("SELECT max(user_id) FROM users").fetchone()
+        assert row is not None
+        user = int(row[0])
+        _stamp_user(shop, user, deleted=True, at=h1 + timedelta(minutes=10))
+
+    def restored_and_its_hour_loaded() -> None:
+        with psycopg.connect(stack.app_conninfo(shop_db), autocommit=True) as other:
+            _stamp_user(other, user, deleted=False, at=h2 + timedelta(minutes=5))
+        _load(stack, shop_db, s3, schema, h2)
+
+    _when_the_first_snapshot_is_open(monkeypatch, restored_and_its_hour_loaded)
+    load = _load(stack, shop_db, s3, schema, h1)
+    assert next(t for t in load.tables if t.table.name == "dim_users").excluded == 1
+    key = hmac.new(b"k" * 32, str(user).encode(), hashlib.sha256).hexdigest()
+    with psycopg.connect(stack.app_conninfo("warehouse"), autocommit=True) as wh:
+        held = wh.execute(
+            f'SELECT updated_at FROM "{schema}".dim_users WHERE user_key = %s', (key,)
+        ).fetchall()
+    assert held == [(h2 + timedelta(minutes=5),)]
+
+
+def _stamp_user(shop: Any, user: int, *, deleted: bool, at: datetime) -> None:
+    """Soft delete (or restore) the user, stamped at `at` (the trigger would stamp now(), an
+    hour that has not ended yet)."""
+    shop.execute("ALTER TABLE users DISABLE TRIGGER USER")
+    try:
+        shop.execute(
+            "UPDATE users SET deleted_at = %s, updated_at = %s WHERE user_id = %s",
+            (at if deleted else None, at, user),
+        )
+    finally:
+        shop.execute("ALTER TABLE users ENABLE TRIGGER USER")
