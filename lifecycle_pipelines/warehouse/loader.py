@@ -314,7 +314,9 @@ class HourLoader:
                 item = self._staged(plan, hour, end)
                 item.stats = self._source.figures(plan.table, hour, end, self._figure_keys)
                 staged.append(item)
-                parquet = ParquetStage(folder / f"{plan.table.name}.parquet", plan.batch_schema())
+                parquet = ParquetStage(
+                    folder / f"{plan.table.name}.parquet", plan.batch_schema(), plan.table.key
+                )
                 with closing(self._batches(item, hour, end)) as batches:
                     for batch in batches:
                         parquet.write(batch)

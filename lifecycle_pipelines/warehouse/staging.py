@@ -42,11 +42,12 @@ def stage_object_key(prefix: str, table: str, hour: datetime) -> str:
 class ParquetStage:
     """Batches appended to one local zstd Parquet file in row groups of ~128k rows. Only string
     columns are dictionary-encoded (codes, countries, user keys repeat; money and ids do not),
-    with dictionaries of up to `PARQUET_DICTIONARY_PAGE_BYTES`."""
+    with dictionaries of up to `PARQUET_DICTIONARY_PAGE_BYTES`; not the table's `key` (every
+    value is distinct: a dictionary would only add the indices)."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, key: str | None = None) -> None:
         self.path = path
-        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        strings = [f.name for f in schema if pa.types.is_string(f.type) and f.name != key]
         self._writer = pq.ParquetWriter(
             path,
             schema,

@@ -55,7 +55,9 @@ def stream_table_hour(
         cur.execute(sql.create_stage(item.stage, plan.columns, "postgres"))
         into = item.stage
     encoder = BinaryCopyEncoder(order)
-    parquet = ParquetStage(folder / f"{plan.table.name}.parquet", plan.batch_schema())
+    parquet = ParquetStage(
+        folder / f"{plan.table.name}.parquet", plan.batch_schema(), plan.table.key
+    )
     pending: deque[Future[None]] = deque()
     with ExitStack() as stack:
         spool = None

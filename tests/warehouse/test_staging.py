@@ -51,6 +51,16 @@ def test_user_keys_stay_dictionary_encoded_with_tens_of_thousands_of_users(
     assert column.total_uncompressed_size < users * (64 + 4) + rows * 4
 
 
+def test_a_tables_own_key_is_not_dictionary_encoded(tmp_path: Path) -> None:
+    """The user dimension's key is distinct on every row: a dictionary holds every value once
+    and adds an index per row."""
+    stage = ParquetStage(tmp_path / "t.parquet", SCHEMA, key="user_key")
+    stage.write(_batch(0, 1_000, 1_000))
+    column = pq.ParquetFile(stage.close()).metadata.row_group(0).column(1)
+    assert column.path_in_schema == "user_key"
+    assert "RLE_DICTIONARY" not in column.encodings
+
+
 def test_the_stage_object_key_is_deterministic_per_table_and_hour() -> None:
     hour = datetime(2026, 11, 20, 9, tzinfo=UTC)
     key = stage_object_key("warehouse", "fact_orders", hour)
